@@ -1,0 +1,204 @@
+"""Benchmarks: a folder with `spec.toml`, a frozen `harness/` and an editable `repo/`.
+
+Adding a benchmark is adding a folder; nothing here names a particular one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from autoresearch.datasets import DataMismatch, Split, fingerprint_split, load_pool, permutation_split, write_split_files
+
+
+class BenchmarkError(ValueError):
+    """A benchmark that cannot be found or whose spec is malformed."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSpec(_Strict):
+    source: str = Field(description="name of a registered data source, e.g. sklearn-digits")
+    options: dict = Field(default_factory=dict, description="source-specific options")
+    split_seed: int = Field(description="seed of the fixed permutation that cuts the pool")
+    sizes: dict[str, int] = Field(description="split name -> number of examples, in permutation order")
+    num_classes: int = Field(gt=1)
+    fingerprints: dict[str, str] = Field(description="split name -> sha256 of its canonical bytes")
+
+    @field_validator("sizes")
+    @classmethod
+    def _needs_train_val_test(cls, v: dict[str, int]) -> dict[str, int]:
+        missing = {"train", "val", "test"} - set(v)
+        if missing:
+            raise ValueError(f"sizes must name train, val and test (missing {sorted(missing)})")
+        if any(n <= 0 for n in v.values()):
+            raise ValueError("split sizes must be positive")
+        return v
+
+
+class MetricSpec(_Strict):
+    name: Literal["accuracy"] = "accuracy"
+    direction: Literal["higher", "lower"] = "higher"
+
+
+class BudgetSpec(_Strict):
+    epochs: int = Field(gt=0, description="epochs handed to the editable training loop")
+    batch_size: int = Field(gt=0)
+    train_seconds: float = Field(gt=0, description="wall-clock budget of the train phase")
+    predict_seconds: float = Field(gt=0, description="wall-clock budget of the predict phase")
+    grace_seconds: float = Field(default=20.0, ge=0, description="interpreter start-up allowance on top of each budget")
+    threads: int = Field(default=1, gt=0, description="CPU threads per trial")
+    memory_mb: int = Field(default=4096, gt=64)
+    max_processes: int = Field(default=64, gt=1)
+    max_prediction_mb: int = Field(default=16, gt=0, description="cap on each predictions file")
+
+
+class GateDefaults(_Strict):
+    seeds: int = Field(default=5, ge=2)
+    alpha: float = Field(default=0.05, gt=0, lt=1)
+    min_delta: float = 0.0
+    min_win_rate: float = Field(default=0.8, ge=0, le=1)
+    screen: bool = True
+    screen_margin: float = Field(default=0.05, ge=0)
+    gate_seed_base: int = 1
+    verify_seed_base: int = 1001
+
+
+class BenchmarkSpec(_Strict):
+    name: str
+    version: str
+    description: str
+    data: DataSpec
+    metric: MetricSpec = MetricSpec()
+    budget: BudgetSpec
+    editable: list[str]
+    gate: GateDefaults = GateDefaults()
+
+    @field_validator("editable")
+    @classmethod
+    def _relative_paths(cls, v: list[str]) -> list[str]:
+        for p in v:
+            if p.startswith("/") or ".." in Path(p).parts or not p:
+                raise ValueError(f"editable paths must be relative and inside the repo: {p!r}")
+        return v
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    spec: BenchmarkSpec
+    root: Path
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def harness_dir(self) -> Path:
+        return self.root / "harness"
+
+    @property
+    def repo_dir(self) -> Path:
+        return self.root / "repo"
+
+    def editable_files(self) -> list[Path]:
+        return [self.repo_dir / p for p in self.spec.editable]
+
+    def template_files(self) -> dict[str, bytes]:
+        """Every file of the editable repo template, by relative path."""
+        return {str(p.relative_to(self.repo_dir)): p.read_bytes()
+                for p in sorted(self.repo_dir.rglob("*")) if p.is_file() and "__pycache__" not in p.parts}
+
+    def harness_hash(self) -> str:
+        h = hashlib.sha256()
+        for p in sorted(self.harness_dir.rglob("*")):
+            if p.is_file() and "__pycache__" not in p.parts:
+                h.update(str(p.relative_to(self.harness_dir)).encode() + b"\0" + p.read_bytes() + b"\0")
+        h.update((self.root / "spec.toml").read_bytes())
+        return h.hexdigest()
+
+
+def builtin_dir() -> Path:
+    return Path(str(resources.files("autoresearch.baselines")))
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.name for p in builtin_dir().iterdir() if (p / "spec.toml").is_file())
+
+
+def load_benchmark(name_or_path: str | Path) -> Benchmark:
+    candidate = Path(name_or_path)
+    if (candidate / "spec.toml").is_file():
+        root = candidate.resolve()
+    elif (builtin_dir() / str(name_or_path) / "spec.toml").is_file():
+        root = builtin_dir() / str(name_or_path)
+    else:
+        raise BenchmarkError(f"unknown benchmark {str(name_or_path)!r}: not a folder with spec.toml and not one of "
+                             f"the built-in benchmarks ({', '.join(builtin_names())})")
+    try:
+        raw = tomllib.loads((root / "spec.toml").read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise BenchmarkError(f"{root / 'spec.toml'}: not valid TOML: {exc}") from None
+    try:
+        spec = BenchmarkSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise BenchmarkError(f"{root / 'spec.toml'}: invalid spec:\n{exc}") from None
+    for sub in ("harness", "repo"):
+        if not (root / sub).is_dir():
+            raise BenchmarkError(f"{root}: missing folder {sub}/")
+    for p in spec.editable:
+        if not (root / "repo" / p).is_file():
+            raise BenchmarkError(f"{root}: editable file {p} is not in repo/")
+    return Benchmark(spec=spec, root=root)
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """Where a run's splits live, and what they are."""
+
+    public_dir: Path  # train/ (inputs+labels) and predict/ (val/test inputs): visible to sandboxes
+    labels_dir: Path  # val/test labels: trusted side only
+    fingerprints: dict[str, str]
+    counts: dict[str, int]
+
+    def labels(self, split: str) -> np.ndarray:
+        return np.load(self.labels_dir / f"{split}_y.npy", allow_pickle=False)
+
+
+def materialise_splits(spec: BenchmarkSpec) -> dict[str, Split]:
+    x, y = load_pool(spec.data.source, spec.data.options)
+    return permutation_split(x, y, seed=spec.data.split_seed, sizes=spec.data.sizes)
+
+
+def check_fingerprints(spec: BenchmarkSpec, splits: dict[str, Split]) -> dict[str, str]:
+    got = {name: fingerprint_split(s) for name, s in splits.items()}
+    for name, want in spec.data.fingerprints.items():
+        if got.get(name) != want:
+            raise DataMismatch(
+                f"benchmark {spec.name}: split {name!r} has fingerprint {got.get(name)} but the spec pins {want}. "
+                "The data on this machine is not the data the benchmark was defined on; refusing to compare.")
+    missing = set(splits) - set(spec.data.fingerprints)
+    if missing:
+        raise DataMismatch(f"benchmark {spec.name}: no pinned fingerprint for split(s) {sorted(missing)}")
+    return got
+
+
+def prepare_data(bench: Benchmark, dest: Path) -> PreparedData:
+    """Materialise the splits under dest, refusing data whose fingerprints differ from the spec's pins."""
+    splits = materialise_splits(bench.spec)
+    fingerprints = check_fingerprints(bench.spec, splits)
+    public, labels = dest / "public", dest / "labels"
+    write_split_files(splits, public, labels)
+    return PreparedData(public_dir=public, labels_dir=labels, fingerprints=fingerprints,
+                        counts={k: len(v) for k, v in splits.items()})

@@ -1,0 +1,364 @@
+"""The `autoresearch` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+console = Console()
+err = Console(stderr=True)
+
+EXIT_USER = 2
+EXIT_DATA = 3
+EXIT_STORAGE = 4
+EXIT_ISOLATION = 5
+EXIT_LLM = 6
+
+
+def _fail(message: str, code: int) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    sys.exit(code)
+
+
+def _guard(fn):
+    """Turn the errors a user can cause into a clear message and exit code, not a traceback."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from autoresearch.benchmark import BenchmarkError
+        from autoresearch.datasets import DataMismatch
+        from autoresearch.ledger import LedgerError
+        from autoresearch.sandbox.isolation import IsolationUnavailable
+
+        try:
+            return fn(*args, **kwargs)
+        except BenchmarkError as exc:
+            _fail(str(exc), EXIT_USER)
+        except DataMismatch as exc:
+            _fail(f"data mismatch: {exc}", EXIT_DATA)
+        except LedgerError as exc:
+            _fail(str(exc), EXIT_STORAGE)
+        except IsolationUnavailable as exc:
+            _fail(str(exc), EXIT_ISOLATION)
+        except OSError as exc:
+            if exc.errno in (28, 30, 13):  # ENOSPC, EROFS, EACCES
+                _fail(f"storage error: {exc}", EXIT_STORAGE)
+            raise
+        except _LLMError as exc:
+            _fail(str(exc), EXIT_LLM)
+
+    return wrapper
+
+
+class _LLMError(RuntimeError):
+    pass
+
+
+def _llm_error_types() -> tuple[type[BaseException], ...]:
+    try:
+        from autoresearch.agent.llm import LLMUnavailable
+
+        return (LLMUnavailable,)
+    except ImportError:
+        return ()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="autoresearch-gate", prog_name="autoresearch")
+def main() -> None:
+    """autoresearch: an LLM proposes changes to a sandboxed training repo; each change is trained on
+    several paired seeds on exactly the incumbent's data, scored by trusted code on a held-out split,
+    and accepted only when a statistical gate shows a real improvement.
+
+    \b
+    Typical use:
+      autoresearch run --idea "adaptive LR optimizer"          # LLM proposals (embedded local model)
+      autoresearch run --proposals-file ideas.jsonl             # your own proposals, no LLM
+      autoresearch show RUN                                     # decisions and headline
+      autoresearch replay RUN --verify                          # re-apply accepted commits, re-verify
+    """
+
+
+def _resolve_run(run: str, runs_dir: Path) -> Path:
+    p = Path(run)
+    if (p / "ledger.sqlite").is_file():
+        return p
+    if (runs_dir / run / "ledger.sqlite").is_file():
+        return runs_dir / run
+    matches = sorted(d for d in runs_dir.glob(f"{run}*") if (d / "ledger.sqlite").is_file()) if runs_dir.is_dir() else []
+    if len(matches) == 1:
+        return matches[0]
+    from autoresearch.ledger import LedgerError
+
+    raise LedgerError(f"no run {run!r} (looked for a run folder and under {runs_dir})")
+
+
+RUNS_DIR = click.option("--runs-dir", type=click.Path(path_type=Path), default=Path("runs"), show_default=True,
+                        envvar="AUTORESEARCH_RUNS_DIR", help="Folder holding run folders.")
+
+
+@main.command()
+@click.option("--benchmark", default="digits-mlp", show_default=True, help="Built-in benchmark name or a benchmark folder.")
+@click.option("--idea", help="Research idea for the LLM agent, e.g. 'adaptive LR optimizer'.")
+@click.option("--proposals-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JSON Lines file, one proposal object {title, hypothesis, edits} per line (no LLM).")
+@click.option("--proposals", type=int, default=None,
+              help="Proposal budget m; the gate tests each at alpha/m. Default: lines in the file, or 8 with --idea.")
+@click.option("--seeds", type=click.IntRange(2, 100), default=None, help="Paired seeds per gate (default: the spec's, 5).")
+@click.option("--alpha", type=float, default=None, help="Family-wise false-acceptance rate over the run (default 0.05).")
+@click.option("--min-delta", type=float, default=None, help="Smallest improvement worth accepting (default 0).")
+@click.option("--no-screen", is_flag=True, help="Skip the one-seed validation screen.")
+@click.option("--no-verify", is_flag=True, help="Skip re-running the accepted chain on fresh seeds at the end.")
+@click.option("--slots", type=click.IntRange(1, 64), default=1, show_default=True, help="Trials run in parallel.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--ray-address", default=None, help="Ray cluster address (default: start a local one on 127.0.0.1).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--require-isolation", is_flag=True, help="Refuse to run untrusted code without bubblewrap.")
+@click.option("--llm-base-url", envvar="AUTORESEARCH_LLM_BASE_URL", default=None,
+              help="OpenAI-compatible endpoint (else OPENAI_BASE_URL; else the embedded local model).")
+@click.option("--model", envvar="AUTORESEARCH_MODEL", default=None, help="Model name at the endpoint.")
+@click.option("--gguf", envvar="AUTORESEARCH_GGUF", type=click.Path(path_type=Path), default=None,
+              help="GGUF file for the embedded llama.cpp server (skips the download).")
+@click.option("--max-llm-cost", type=float, default=None, help="Stop starting proposals past this estimated USD cost.")
+@click.option("--time-budget", type=float, default=None, help="Stop starting proposals after this many seconds.")
+@RUNS_DIR
+@_guard
+def run(benchmark, idea, proposals_file, proposals, seeds, alpha, min_delta, no_screen, no_verify, slots, executor,
+        ray_address, device, require_isolation, llm_base_url, model, gguf, max_llm_cost, time_budget, runs_dir):
+    """Start a run: propose (from an idea or a file), gate, record and report."""
+    from autoresearch.config import RunConfig
+    from autoresearch.engine import read_proposal_lines
+
+    if bool(idea) == bool(proposals_file):
+        raise click.UsageError("give exactly one of --idea or --proposals-file")
+    lines: list[str] = []
+    if proposals_file:
+        try:
+            lines = read_proposal_lines(proposals_file.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise click.UsageError(f"{proposals_file} is not UTF-8 text") from None
+        if not lines:
+            raise click.UsageError(f"{proposals_file} holds no proposals")
+    config = RunConfig(benchmark=benchmark, runs_dir=runs_dir, idea=idea,
+                       proposals=proposals or (len(lines) if lines else 8), seeds=seeds, alpha=alpha,
+                       min_delta=min_delta, screen=False if no_screen else None, verify=not no_verify, slots=slots,
+                       executor=executor, ray_address=ray_address, device=device, require_isolation=require_isolation,
+                       llm_base_url=llm_base_url, model=model, gguf=gguf, max_llm_cost=max_llm_cost,
+                       time_budget=time_budget)
+    _execute(config, lines=lines, run_dir=None)
+
+
+@main.command()
+@click.argument("run")
+@click.option("--slots", type=click.IntRange(1, 64), default=None, help="Override the parallel trial slots.")
+@RUNS_DIR
+@_guard
+def resume(run, slots, runs_dir):
+    """Continue a run that was stopped or killed; finished trials are not repeated."""
+    _execute(None, lines=None, run_dir=_resolve_run(run, runs_dir), slots=slots)
+
+
+def _make_executor(config):
+    from autoresearch.engine import LocalExecutor
+
+    if config.executor == "ray":
+        from autoresearch.sandbox.executors import RayExecutor
+
+        return RayExecutor(address=config.ray_address, slots=config.slots)
+    return LocalExecutor(config.slots)
+
+
+def _execute(config, *, lines, run_dir, slots=None) -> None:
+    from autoresearch.engine import RunEngine, read_proposal_lines, run_proposal_lines
+    from autoresearch.live import LiveEvents
+
+    llm_errors = _llm_error_types()
+    events = LiveEvents(console)
+    if run_dir is None:
+        agent_session = None
+        if config.idea:
+            # Reach the LLM before any training starts: an unreachable endpoint is an immediate, clear error.
+            from autoresearch.agent.loop import open_llm_session
+
+            try:
+                agent_session = open_llm_session(config)
+            except llm_errors as exc:
+                raise _LLMError(str(exc)) from None
+        engine = RunEngine.create(config, executor=_make_executor(config), events=events)
+        if lines:
+            (engine.run_dir / "proposals.jsonl").write_text("\n".join(lines) + "\n")
+    else:
+        engine = RunEngine.open(run_dir, events=events, slots=slots)
+        engine.executor = _make_executor(engine.config)
+        config = engine.config
+        agent_session = None
+        if (engine.run_dir / "proposals.jsonl").is_file():
+            lines = read_proposal_lines((engine.run_dir / "proposals.jsonl").read_text())
+        elif config.idea:
+            from autoresearch.agent.loop import open_llm_session
+
+            try:
+                agent_session = open_llm_session(config)
+            except llm_errors as exc:
+                raise _LLMError(str(exc)) from None
+        engine.events.records = engine.records()
+    console.print(f"run [bold]{engine.run_id}[/] in {engine.run_dir}  (isolation: {engine.isolation}, "
+                  f"device: {engine.device})", highlight=False)
+    try:
+        with events:
+            if lines:
+                run_proposal_lines(engine, lines)
+            else:
+                from autoresearch.agent.loop import run_agent
+
+                run_agent(engine, agent_session)
+            headline = engine.finish()
+    except llm_errors as exc:
+        raise _LLMError(str(exc)) from None
+    finally:
+        if agent_session is not None:
+            agent_session.close()
+    console.print(f"\n[bold]headline:[/] {headline.get('detail')}", highlight=False)
+    console.print(f"report: {engine.run_dir / 'REPORT.md'}", highlight=False)
+
+
+@main.command()
+@click.argument("run")
+@click.option("--json", "as_json", is_flag=True, help="Print a stable JSON object instead of tables.")
+@RUNS_DIR
+@_guard
+def show(run, as_json, runs_dir):
+    """Show a run: its headline and every proposal's decision."""
+    from autoresearch.engine import RunEngine
+    from autoresearch.live import decisions_table
+    from autoresearch.reports import run_summary_json
+
+    engine = RunEngine.open(_resolve_run(run, runs_dir), read_only=True)
+    summary = run_summary_json(engine)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, default=str))
+        return
+    console.print(f"[bold]{summary['run_id']}[/]  benchmark {summary['benchmark']}  status {summary['status']}  "
+                  f"isolation {summary['isolation']}", highlight=False)
+    if summary["idea"]:
+        console.print(f"idea: {summary['idea']}", highlight=False)
+    console.print(decisions_table(summary["proposals"]))
+    headline = summary["headline"]
+    if headline:
+        console.print(f"headline: {headline.get('detail')}", highlight=False)
+    console.print(f"report: {engine.run_dir / 'REPORT.md'}", highlight=False)
+
+
+@main.command(name="list")
+@RUNS_DIR
+@_guard
+def list_runs(runs_dir):
+    """List runs under the runs folder."""
+    from rich.table import Table
+
+    from autoresearch.ledger import Ledger
+
+    table = Table()
+    for col in ("run", "benchmark", "status", "proposals", "accepted", "idea"):
+        table.add_column(col)
+    for d in sorted(runs_dir.glob("*/ledger.sqlite")) if runs_dir.is_dir() else []:
+        ledger = Ledger(d)
+        try:
+            row = ledger.only_run()
+            props = ledger.proposals(row["id"])
+            table.add_row(row["id"], row["benchmark"], row["status"], str(len(props)),
+                          str(sum(p["decision"] == "accepted" for p in props)), (row["idea"] or "")[:40])
+        finally:
+            ledger.close()
+    console.print(table)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@_guard
+def benchmarks(as_json):
+    """List the built-in benchmarks and their editable files."""
+    from autoresearch.benchmark import builtin_names, load_benchmark
+
+    items = []
+    for name in builtin_names():
+        b = load_benchmark(name)
+        items.append({"name": b.name, "version": b.spec.version, "description": b.spec.description,
+                      "root": str(b.root), "editable": [str(p.resolve()) for p in b.editable_files()],
+                      "metric": b.spec.metric.name, "direction": b.spec.metric.direction})
+    if as_json:
+        click.echo(json.dumps(items, indent=2))
+        return
+    for it in items:
+        console.print(f"[bold]{it['name']}[/] v{it['version']}: {it['description']}", highlight=False)
+        for p in it["editable"]:
+            console.print(f"    editable: {p}", highlight=False)
+
+
+@main.command()
+def doctor():
+    """Check what this machine offers: isolation, cgroups, GPU, versions, the local LLM."""
+    from autoresearch import envinfo
+    from autoresearch.sandbox.isolation import CGROUP_ROOT, bubblewrap_path, bubblewrap_works
+
+    bw = bubblewrap_path()
+    console.print(f"bubblewrap: {bw or 'not installed'}" + (f" ({'works' if bubblewrap_works() else 'NOT usable'})" if bw else
+                  " -> trials run with isolation: none (apt-get install bubblewrap)"), highlight=False)
+    for c in ("memory", "pids"):
+        ok = os.access(CGROUP_ROOT / c, os.W_OK) and (CGROUP_ROOT / c / "cgroup.procs").exists()
+        console.print(f"cgroup v1 {c}: {'writable' if ok else 'unavailable (rlimits used instead)'}", highlight=False)
+    import torch
+
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            console.print(f"GPU {i}: {torch.cuda.get_device_name(i)}", highlight=False)
+    else:
+        console.print("GPU: none (CUDA not available); trials run on CPU", highlight=False)
+    for k, v in envinfo.versions().items():
+        console.print(f"{k}: {v}", highlight=False)
+    try:
+        from autoresearch.agent.local_llm import describe_local_llm
+
+        console.print(describe_local_llm(), highlight=False)
+    except ImportError:
+        pass
+
+
+@main.command()
+@click.argument("run")
+@click.option("--onto", type=click.Path(path_type=Path), default=None,
+              help="Folder for the replayed checkout (default: a fresh copy under the run folder).")
+@click.option("--verify", is_flag=True, help="Re-run the whole accepted chain against the baseline on fresh seeds.")
+@click.option("--seed-base", type=int, default=None, help="First fresh seed for --verify (default: spec verify base + 1000).")
+@RUNS_DIR
+@_guard
+def replay(run, onto, verify, seed_base, runs_dir):
+    """Apply the run's accepted commits onto a fresh checkout of the benchmark repo with git."""
+    from autoresearch.replay import replay_run, verify_replay
+
+    run_dir = _resolve_run(run, runs_dir)
+    result = replay_run(run_dir, onto)
+    console.print(f"replayed {len(result.applied)} accepted commit(s) onto {result.path}", highlight=False)
+    for line in result.log:
+        console.print(f"  {line}", highlight=False)
+    if verify:
+        from autoresearch.live import LiveEvents
+
+        events = LiveEvents(console)
+        with events:
+            headline = verify_replay(run_dir, result, seed_base=seed_base, events=events)
+        console.print(f"[bold]verification:[/] {headline['detail']}", highlight=False)
+        if headline.get("verified") and not headline.get("holds"):
+            sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

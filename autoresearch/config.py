@@ -1,0 +1,36 @@
+"""Typed configuration of a run. Strict: an unknown key is an error, not a silent default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    benchmark: str = Field(default="digits-mlp", description="built-in benchmark name or a benchmark folder")
+    runs_dir: Path = Field(default=Path("runs"), description="where run folders are created")
+    idea: str | None = Field(default=None, description="the research idea the agent pursues")
+    proposals: int = Field(default=8, ge=1, le=10_000, description="proposal budget m (the gate tests at alpha/m)")
+    seeds: int | None = Field(default=None, ge=2, le=100, description="paired seeds per gate (default: the spec's)")
+    alpha: float | None = Field(default=None, gt=0, lt=1, description="family-wise error over the run")
+    min_delta: float | None = Field(default=None, description="smallest improvement worth accepting")
+    min_win_rate: float | None = Field(default=None, ge=0, le=1)
+    screen: bool | None = Field(default=None, description="one-seed val screen before the full gate")
+    verify: bool = Field(default=True, description="re-run the accepted chain on fresh seeds at the end")
+    slots: int = Field(default=1, ge=1, le=64, description="trials run in parallel")
+    executor: Literal["local", "ray"] = "local"
+    ray_address: str | None = None
+    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
+    require_isolation: bool = Field(default=False, description="refuse to run without bubblewrap")
+    # Agent settings (used with --idea).
+    llm_base_url: str | None = None
+    model: str | None = None
+    gguf: Path | None = None
+    max_llm_cost: float | None = Field(default=None, ge=0)
+    time_budget: float | None = Field(default=None, gt=0, description="seconds; stop starting proposals after it")
+    llm_timeout: float = Field(default=600.0, gt=0)
+    parse_retries: int = Field(default=2, ge=0, le=10)

@@ -1,0 +1,559 @@
+"""The trial engine: prepare -> baseline -> (check -> train -> predict -> score -> gate -> record) -> finish.
+
+It knows nothing of where proposals come from (a file, an LLM): callers hand it raw text or a
+parsed proposal and get back a decided, recorded, reported proposal. Every step is written to
+the ledger before the next starts, so a killed run resumes without losing or repeating work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+
+from autoresearch import envinfo
+from autoresearch.agent.proposal import Proposal, ProposalRejected, apply_proposal
+from autoresearch.benchmark import Benchmark, PreparedData, load_benchmark, prepare_data
+from autoresearch.config import RunConfig
+from autoresearch.datasets import DataMismatch
+from autoresearch.gate import GateConfig, GateResult, decide, screen_rejects
+from autoresearch.ledger import Ledger, LedgerError, dumps
+from autoresearch.records import RunRepo
+from autoresearch.sandbox.isolation import isolation_level
+from autoresearch.sandbox.trial import TrialOutput, TrialRequest, TrialStatus, run_trial
+from autoresearch.scoring import Metric, PredictionError, score
+
+REASONS = ("invalid_proposal", "not_editable", "apply_failed", "crash", "timeout", "oom", "nonfinite", "tampered",
+           "data_mismatch", "not_better", "accepted")
+
+
+class Executor(Protocol):
+    slots: int
+
+    def map(self, fn: Callable[[TrialRequest], TrialOutput], requests: list[TrialRequest]) -> list[TrialOutput]: ...
+
+
+class Events:
+    """Progress callbacks; the CLI's live view overrides them. Default: silent."""
+
+    def stage(self, text: str) -> None: ...
+    def trial_started(self, role: str, seed: int) -> None: ...
+    def trial_finished(self, role: str, seed: int, status: str, metric: float | None, cached: bool) -> None: ...
+    def proposal_started(self, idx: int, title: str) -> None: ...
+    def proposal_decided(self, record: "ProposalRecord") -> None: ...
+
+
+@dataclass
+class TrialRecord:
+    seed: int
+    role: str
+    code_hash: str
+    status: str
+    detail: str
+    val_metric: float | None
+    test_metric: float | None
+    val_log_loss: float | None
+    test_log_loss: float | None
+    summary: dict
+    cached: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status == TrialStatus.OK.value
+
+
+@dataclass
+class ProposalRecord:
+    idx: int
+    title: str
+    hypothesis: str
+    decision: str
+    reason: str
+    detail: str
+    diff: str = ""
+    gate: GateResult | None = None
+    commit: str | None = None
+    report_path: str | None = None
+    candidate_trials: list[TrialRecord] = field(default_factory=list)
+    incumbent_trials: list[TrialRecord] = field(default_factory=list)
+    wall_seconds: float = 0.0
+
+
+def files_hash(files: dict[str, str]) -> str:
+    h = hashlib.sha256()
+    for path in sorted(files):
+        h.update(path.encode() + b"\0" + files[path].encode() + b"\0")
+    return h.hexdigest()
+
+
+def slugify(text: str, limit: int = 48) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return (slug[:limit].rstrip("-") or "proposal")
+
+
+def new_run_id(benchmark: str) -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{slugify(benchmark, 24)}-{secrets.token_hex(3)}"
+
+
+class LocalExecutor:
+    """Runs trials in parallel slots on this machine (threads that each drive one sandbox)."""
+
+    def __init__(self, slots: int = 1):
+        self.slots = max(1, slots)
+
+    def map(self, fn, requests):
+        if self.slots == 1 or len(requests) <= 1:
+            return [fn(r) for r in requests]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=self.slots) as pool:
+            return list(pool.map(fn, requests))
+
+
+class RunEngine:
+    def __init__(self, *, run_dir: Path, run_id: str, bench: Benchmark, data: PreparedData, ledger: Ledger,
+                 repo: RunRepo, config: RunConfig, gate: GateConfig, isolation: str, device: str, env: dict,
+                 executor: Executor, events: Events | None = None):
+        self.run_dir, self.run_id, self.bench, self.data = run_dir, run_id, bench, data
+        self.ledger, self.repo, self.config, self.gate = ledger, repo, config, gate
+        self.isolation, self.device, self.env = isolation, device, env
+        self.executor = executor
+        self.events = events or Events()
+        self.metric = Metric(bench.spec.metric.name, bench.spec.metric.direction)
+        spec = bench.spec.gate
+        self.gate_seeds = [spec.gate_seed_base + i for i in range(gate.seeds)]
+        self.verify_seeds = [spec.verify_seed_base + i for i in range(gate.seeds)]
+
+    # ------------------------------------------------------------------ creation
+
+    @classmethod
+    def create(cls, config: RunConfig, *, executor: Executor | None = None, events: Events | None = None) -> "RunEngine":
+        bench = load_benchmark(config.benchmark)
+        isolation = isolation_level(require=config.require_isolation)
+        device = envinfo.resolve_device(config.device)
+        spec_gate = bench.spec.gate
+        gate = GateConfig(
+            seeds=config.seeds or spec_gate.seeds, alpha=config.alpha or spec_gate.alpha, proposals=config.proposals,
+            min_delta=spec_gate.min_delta if config.min_delta is None else config.min_delta,
+            min_win_rate=spec_gate.min_win_rate if config.min_win_rate is None else config.min_win_rate,
+            screen=spec_gate.screen if config.screen is None else config.screen, screen_margin=spec_gate.screen_margin)
+        runs_dir = Path(config.runs_dir)
+        try:
+            runs_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LedgerError(f"cannot create runs directory {runs_dir}: {exc.strerror}") from None
+        if not os.access(runs_dir, os.W_OK):
+            raise LedgerError(f"runs directory {runs_dir} is not writable")
+        run_id = new_run_id(bench.name)
+        run_dir = (runs_dir / run_id).resolve()
+        run_dir.mkdir()
+        events = events or Events()
+        events.stage("preparing data")
+        data = prepare_data(bench, run_dir / "data")
+        env = envinfo.environment(device, isolation)
+        resolved = {"run": json.loads(config.model_dump_json()), "gate": gate.__dict__,
+                    "budget": bench.spec.budget.model_dump(), "benchmark": bench.spec.model_dump(),
+                    "benchmark_root": str(bench.root)}
+        (run_dir / "config.json").write_text(json.dumps(resolved, indent=2, default=str))
+        repo = RunRepo.create(run_dir / "repo", bench.template_files(),
+                              f"baseline: {bench.name} v{bench.spec.version} template\n\n"
+                              f"Autoresearch-Data: {dumps(data.fingerprints)}\n")
+        ledger = Ledger(run_dir / "ledger.sqlite")
+        ledger.create_run(id=run_id, benchmark=bench.name, benchmark_version=bench.spec.version, idea=config.idea,
+                          config_json=dumps(resolved), fingerprints_json=dumps(data.fingerprints),
+                          counts_json=dumps(data.counts), env_json=dumps(env), isolation=isolation,
+                          baseline_commit=repo.baseline)
+        return cls(run_dir=run_dir, run_id=run_id, bench=bench, data=data, ledger=ledger, repo=repo, config=config,
+                   gate=gate, isolation=isolation, device=device, env=env, executor=executor or LocalExecutor(config.slots),
+                   events=events)
+
+    @classmethod
+    def open(cls, run_dir: Path, *, executor: Executor | None = None, events: Events | None = None,
+             slots: int | None = None, read_only: bool = False) -> "RunEngine":
+        """Re-open an existing run (resume, replay --verify): data is re-prepared and re-checked.
+        ``read_only`` (show, list) skips data preparation and trusts the recorded fingerprints."""
+        run_dir = Path(run_dir).resolve()
+        if not (run_dir / "ledger.sqlite").is_file():
+            raise LedgerError(f"{run_dir} is not a run folder (no ledger.sqlite)")
+        ledger = Ledger(run_dir / "ledger.sqlite")
+        row = ledger.only_run()
+        resolved = json.loads(row["config_json"])
+        run_cfg = dict(resolved["run"])
+        if slots is not None:
+            run_cfg["slots"] = slots
+        config = RunConfig.model_validate(run_cfg)
+        bench_ref = resolved.get("benchmark_root") or config.benchmark
+        bench = load_benchmark(bench_ref if Path(bench_ref).is_dir() else config.benchmark)
+        if bench.spec.version != row["benchmark_version"]:
+            raise DataMismatch(f"run used {bench.name} v{row['benchmark_version']}, this machine has v{bench.spec.version}")
+        if read_only:
+            data = PreparedData(public_dir=run_dir / "data" / "public", labels_dir=run_dir / "data" / "labels",
+                                fingerprints=json.loads(row["fingerprints_json"]), counts=json.loads(row["counts_json"]))
+        else:
+            data = prepare_data(bench, run_dir / "data")
+        if data.fingerprints != json.loads(row["fingerprints_json"]):
+            raise DataMismatch("the data prepared now differs from the data this run was started on; refusing to go on")
+        gate = GateConfig(**resolved["gate"])
+        isolation = row["isolation"] if read_only else isolation_level(require=config.require_isolation)
+        if isolation != row["isolation"] and row["isolation"] == "bubblewrap":
+            raise LedgerError("this run was started with bubblewrap isolation, which is not available here")
+        device = json.loads(row["env_json"]).get("device", "cpu").split(" ")[0] if read_only else \
+            envinfo.resolve_device(config.device)
+        return cls(run_dir=run_dir, run_id=row["id"], bench=bench, data=data, ledger=ledger,
+                   repo=RunRepo(run_dir / "repo"), config=config, gate=gate, isolation=isolation, device=device,
+                   env=json.loads(row["env_json"]), executor=executor or LocalExecutor(config.slots), events=events)
+
+    # ------------------------------------------------------------------ trials
+
+    def _trial_config(self) -> dict:
+        b = self.bench.spec.budget
+        return {"epochs": b.epochs, "batch_size": b.batch_size, "threads": b.threads,
+                "num_classes": self.bench.spec.data.num_classes, "device": self.device, "splits": ["val", "test"]}
+
+    def _cache_key(self, code_hash: str, seed: int) -> str:
+        payload = {"code": code_hash, "harness": self.bench.harness_hash(), "data": self.data.fingerprints,
+                   "counts": self.data.counts, "seed": seed, "config": self._trial_config(),
+                   "torch": self.env["versions"].get("torch"), "isolation": self.isolation}
+        return hashlib.sha256(dumps(payload).encode()).hexdigest()
+
+    def workspace(self, files: dict[str, str], name: str) -> Path:
+        """Materialise a code version as a read-only-mounted folder (content-addressed)."""
+        path = self.run_dir / "work" / name
+        if path.exists():
+            shutil.rmtree(path)
+        for rel, text in files.items():
+            target = path / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+        return path
+
+    def _request(self, workspace: Path, seed: int, key: str) -> TrialRequest:
+        b = self.bench.spec.budget
+        devices: tuple[str, ...] = ()
+        env: tuple[tuple[str, str], ...] = ()
+        if self.device.startswith("cuda"):
+            idx = self.device.split(":")[1] if ":" in self.device else "0"
+            devices = tuple(p for p in ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools",
+                                        f"/dev/nvidia{idx}") if os.path.exists(p))
+            env = (("CUDA_VISIBLE_DEVICES", idx),)
+        return TrialRequest(
+            workspace=str(workspace), harness=str(self.bench.harness_dir), train_data=str(self.data.public_dir / "train"),
+            predict_data=str(self.data.public_dir / "predict"), work_dir=str(self.run_dir / "trials" / key[:16]),
+            seed=seed, config=self._trial_config() | ({"device": "cuda:0"} if devices else {}),
+            train_seconds=b.train_seconds, predict_seconds=b.predict_seconds, grace_seconds=b.grace_seconds,
+            memory_bytes=b.memory_mb * 1024**2, max_processes=b.max_processes,
+            max_prediction_bytes=b.max_prediction_mb * 1024**2, isolation=self.isolation,
+            protected=(str(self.data.labels_dir),), devices=devices, env=env)
+
+    def _record_from_row(self, row: dict, cached: bool) -> TrialRecord:
+        return TrialRecord(seed=row["seed"], role=row["role"], code_hash=row["code_hash"], status=row["status"],
+                           detail=row["detail"], val_metric=row["val_metric"], test_metric=row["test_metric"],
+                           val_log_loss=row["val_log_loss"], test_log_loss=row["test_log_loss"],
+                           summary=json.loads(row["summary_json"]), cached=cached)
+
+    def _score(self, out: TrialOutput) -> tuple[str, str, dict]:
+        """Score predictions on the trusted side; returns (status, detail, per-split scores)."""
+        if out.status != TrialStatus.OK:
+            return out.status.value, out.detail, {}
+        scores = {}
+        classes = self.bench.spec.data.num_classes
+        for split in ("val", "test"):
+            try:
+                scores[split] = score(out.predictions[split], self.data.labels(split), classes=classes, metric=self.metric)
+            except PredictionError as exc:
+                return exc.kind, f"{split} predictions rejected: {exc}", {}
+            except KeyError:
+                return "crash", f"no predictions for {split}", {}
+        return "ok", "", scores
+
+    def run_trials(self, files: dict[str, str], seeds: list[int], *, role: str,
+                   proposal_idx: int | None = None) -> list[TrialRecord]:
+        """Train+predict+score one code version on seeds, reusing every finished trial of the same key."""
+        code_hash = files_hash(files)
+        keys = {seed: self._cache_key(code_hash, seed) for seed in seeds}
+        results: dict[int, TrialRecord] = {}
+        todo = []
+        for seed in seeds:
+            row = self.ledger.trial(self.run_id, keys[seed])
+            if row is not None:
+                results[seed] = self._record_from_row(row, cached=True)
+                self.events.trial_finished(role, seed, row["status"], row["test_metric"], cached=True)
+            else:
+                todo.append(seed)
+        if todo:
+            ws = self.workspace(files, code_hash[:16])
+
+            def one(req: TrialRequest) -> TrialOutput:
+                self.events.trial_started(role, req.seed)
+                return run_trial(req)
+
+            outputs = self.executor.map(one, [self._request(ws, seed, keys[seed]) for seed in todo])
+            for seed, out in zip(todo, outputs):
+                status, detail, scores = self._score(out)
+                summary = out.summary() | {"fingerprints": self.data.fingerprints, "counts": self.data.counts,
+                                           "device": self.device}
+                row = dict(run_id=self.run_id, cache_key=keys[seed], code_hash=code_hash, role=role,
+                           proposal_idx=proposal_idx, seed=seed, status=status, detail=detail,
+                           val_metric=scores["val"].metric if scores else None,
+                           test_metric=scores["test"].metric if scores else None,
+                           val_log_loss=scores["val"].log_loss if scores else None,
+                           test_log_loss=scores["test"].log_loss if scores else None,
+                           val_correct=scores["val"].correct.tobytes() if scores else None,
+                           test_correct=scores["test"].correct.tobytes() if scores else None,
+                           summary_json=dumps(summary))
+                self.ledger.put_trial(**row)
+                results[seed] = self._record_from_row(row, cached=False)
+                self.events.trial_finished(role, seed, status, row["test_metric"], cached=False)
+        return [results[s] for s in seeds]
+
+    # ------------------------------------------------------------------ proposals
+
+    @property
+    def incumbent(self) -> tuple[str, dict[str, str]]:
+        sha = self.repo.accepted_tip
+        return sha, self.repo.files_at(sha)
+
+    def next_index(self) -> int:
+        rows = self.ledger.proposals(self.run_id)
+        return (max(r["idx"] for r in rows) + 1) if rows else 1
+
+    def ensure_baseline(self) -> list[TrialRecord]:
+        self.events.stage("training the incumbent on the gate seeds (cached after the first time)")
+        _, files = self.incumbent
+        trials = self.run_trials(files, self.gate_seeds, role="incumbent")
+        bad = [t for t in trials if not t.ok]
+        if bad:
+            raise RuntimeError(f"the incumbent itself failed on seed {bad[0].seed}: {bad[0].status}: {bad[0].detail}\n"
+                               f"{bad[0].summary.get('log_tail', '')[-2000:]}")
+        return trials
+
+    def evaluate(self, idx: int, raw: str, parsed: Proposal | ProposalRejected, *, source: str,
+                 prompt_hash: str | None = None) -> ProposalRecord:
+        """Decide and record proposal ``idx`` (resumable: a finished one is returned from the ledger)."""
+        existing = self.ledger.proposal(self.run_id, idx)
+        if existing is not None and existing["state"] == "finished":
+            return self.load_record(existing)
+        started = time.monotonic()
+        title = parsed.title if isinstance(parsed, Proposal) else f"invalid proposal #{idx}"
+        hypothesis = parsed.hypothesis if isinstance(parsed, Proposal) else ""
+        parent, incumbent_files = self.incumbent
+        if existing is not None and existing["state"] == "decided" and existing["parent_commit"]:
+            # Decided before a crash: finish against the parent it was decided on (the accepted
+            # branch may already have moved to this very proposal).
+            parent = existing["parent_commit"]
+            incumbent_files = self.repo.files_at(parent)
+        elif existing is not None and existing["parent_commit"] and existing["parent_commit"] != parent:
+            raise LedgerError(f"proposal {idx} was started against {existing['parent_commit'][:10]} but the "
+                              f"accepted tip is now {parent[:10]}: the ledger and git repo disagree")
+        self.ledger.add_proposal(run_id=self.run_id, idx=idx, source=source, title=title, hypothesis=hypothesis,
+                                 raw=raw, edits_json=dumps(parsed.to_dict()) if isinstance(parsed, Proposal) else None,
+                                 parent_commit=parent, prompt_hash=prompt_hash)
+        self.events.proposal_started(idx, title)
+        record = ProposalRecord(idx=idx, title=title, hypothesis=hypothesis, decision="rejected", reason="",
+                                detail="")
+        new_files: dict[str, str] | None = None
+        if existing is not None and existing["state"] == "decided":
+            record = self.load_record(existing)
+            if existing["edits_json"] and existing["reason"] not in ("invalid_proposal", "not_editable", "apply_failed"):
+                new_files = apply_proposal(incumbent_files, parsed, self.bench.spec.editable)  # type: ignore[arg-type]
+        else:
+            if isinstance(parsed, ProposalRejected):
+                record.reason, record.detail = parsed.reason, str(parsed)
+            else:
+                try:
+                    new_files = apply_proposal(incumbent_files, parsed, self.bench.spec.editable)
+                    record.diff = unified_diff(incumbent_files, new_files)
+                    self._gate(record, incumbent_files, new_files)
+                except ProposalRejected as exc:
+                    record.reason, record.detail = exc.reason, str(exc)
+            record.wall_seconds = time.monotonic() - started
+            self.ledger.update_proposal(
+                self.run_id, idx, state="decided", decision=record.decision, reason=record.reason,
+                detail=record.detail, diff=record.diff, change_hash=files_hash(new_files) if new_files else None,
+                gate_json=dumps(record.gate.to_dict()) if record.gate else None, decided_at=time.time(),
+                wall_seconds=record.wall_seconds)
+        self._finish_proposal(record, parent, new_files)
+        self.events.proposal_decided(record)
+        return record
+
+    def _gate(self, record: ProposalRecord, incumbent_files: dict[str, str], new_files: dict[str, str]) -> None:
+        seeds = self.gate_seeds
+        record.incumbent_trials = self.ensure_baseline() if files_hash(incumbent_files) == files_hash(
+            self.repo.files_at(self.repo.accepted_tip)) else self.run_trials(incumbent_files, seeds, role="incumbent")
+        self._check_matched(record.incumbent_trials)
+        first = seeds[:1] if self.gate.screen else seeds
+        cand = self.run_trials(new_files, first, role="candidate", proposal_idx=record.idx)
+        if self._failed(record, cand):
+            record.candidate_trials = cand
+            return
+        if self.gate.screen:
+            inc0 = record.incumbent_trials[0]
+            if screen_rejects(cand[0].val_metric, inc0.val_metric, metric=self.metric, config=self.gate):
+                record.candidate_trials = cand
+                record.reason = "not_better"
+                record.detail = (f"screened out on one seed: val {self.metric.name} {cand[0].val_metric:.4f} vs "
+                                 f"incumbent {inc0.val_metric:.4f}, worse by more than {self.gate.screen_margin}")
+                return
+            cand = cand + self.run_trials(new_files, seeds[1:], role="candidate", proposal_idx=record.idx)
+        record.candidate_trials = cand
+        if self._failed(record, cand):
+            return
+        self._check_matched(cand)
+        result = decide(seeds, [t.test_metric for t in cand], [t.test_metric for t in record.incumbent_trials],
+                        metric=self.metric, config=self.gate)
+        record.gate = result
+        record.decision = "accepted" if result.accepted else "rejected"
+        record.reason, record.detail = result.reason, result.detail
+
+    def _failed(self, record: ProposalRecord, trials: list[TrialRecord]) -> bool:
+        bad = next((t for t in trials if not t.ok), None)
+        if bad is None:
+            return False
+        record.reason = bad.status
+        record.detail = f"seed {bad.seed}: {bad.detail}"
+        return True
+
+    def _check_matched(self, trials: list[TrialRecord]) -> None:
+        for t in trials:
+            if t.summary.get("fingerprints") != self.data.fingerprints or t.summary.get("counts") != self.data.counts:
+                raise _DataMismatchRejection(f"trial on seed {t.seed} was scored on other data "
+                                             f"({t.summary.get('counts')} vs {self.data.counts})")
+
+    def _finish_proposal(self, record: ProposalRecord, parent: str, new_files: dict[str, str] | None) -> None:
+        from autoresearch.reports import write_proposal_report
+
+        if not record.diff and new_files is not None:
+            record.diff = unified_diff(self.repo.files_at(parent), new_files)
+        message = commit_message(record, self)
+        sha = self.repo.commit_proposal(record.idx, parent,
+                                        new_files if record.reason not in ("invalid_proposal", "not_editable",
+                                                                           "apply_failed") else None, message)
+        record.commit = sha
+        if record.decision == "accepted":
+            self.repo.advance_accepted(sha)
+        if not record.candidate_trials and record.reason not in ("invalid_proposal", "not_editable", "apply_failed"):
+            record.candidate_trials, record.incumbent_trials = self._trials_for(record)
+        path = write_proposal_report(self, record)
+        record.report_path = str(path)
+        self.ledger.update_proposal(self.run_id, record.idx, state="finished", commit_sha=sha,
+                                    report_path=str(path.relative_to(self.run_dir)))
+
+    def _trials_for(self, record: ProposalRecord) -> tuple[list[TrialRecord], list[TrialRecord]]:
+        rows = self.ledger.trials(self.run_id)
+        cand = [self._record_from_row(r, True) for r in rows if r["proposal_idx"] == record.idx]
+        cand.sort(key=lambda t: t.seed)
+        inc_hash = files_hash(self.repo.files_at(self.ledger.proposal(self.run_id, record.idx)["parent_commit"]))
+        inc = {r["seed"]: self._record_from_row(r, True) for r in rows
+               if r["code_hash"] == inc_hash and r["seed"] in self.gate_seeds}
+        return cand, [inc[s] for s in sorted(inc)]
+
+    def load_record(self, row: dict) -> ProposalRecord:
+        gate = GateResult(**json.loads(row["gate_json"])) if row["gate_json"] else None
+        rec = ProposalRecord(idx=row["idx"], title=row["title"], hypothesis=row["hypothesis"],
+                             decision=row["decision"] or "rejected", reason=row["reason"] or "", detail=row["detail"] or "",
+                             diff=row["diff"] or "", gate=gate, commit=row["commit_sha"],
+                             report_path=row["report_path"], wall_seconds=row["wall_seconds"] or 0.0)
+        if rec.reason not in ("invalid_proposal", "not_editable", "apply_failed"):
+            rec.candidate_trials, rec.incumbent_trials = self._trials_for(rec)
+        return rec
+
+    def records(self) -> list[ProposalRecord]:
+        return [self.load_record(r) for r in self.ledger.proposals(self.run_id) if r["state"] != "pending"]
+
+    # ------------------------------------------------------------------ finishing
+
+    def verify_chain(self, final_files: dict[str, str] | None = None,
+                     baseline_files: dict[str, str] | None = None) -> dict:
+        """Re-run the final incumbent against the original baseline on fresh seeds: the headline."""
+        baseline_files = baseline_files if baseline_files is not None else self.repo.files_at(self.repo.baseline)
+        final_files = final_files if final_files is not None else self.incumbent[1]
+        chain = self.repo.accepted_chain()
+        if files_hash(final_files) == files_hash(baseline_files):
+            return {"accepted": len(chain), "verified": False, "detail": "no accepted change: nothing to verify"}
+        self.events.stage(f"verifying the accepted chain on fresh seeds {self.verify_seeds}")
+        base = self.run_trials(baseline_files, self.verify_seeds, role="verify-baseline")
+        final = self.run_trials(final_files, self.verify_seeds, role="verify-chain")
+        bad = next((t for t in base + final if not t.ok), None)
+        if bad is not None:
+            return {"accepted": len(chain), "verified": False,
+                    "detail": f"verification trial failed on seed {bad.seed}: {bad.status}: {bad.detail}"}
+        cfg = GateConfig(seeds=self.gate.seeds, alpha=self.gate.alpha, proposals=1, min_delta=self.gate.min_delta,
+                         min_win_rate=self.gate.min_win_rate, screen=False)
+        result = decide(self.verify_seeds, [t.test_metric for t in final], [t.test_metric for t in base],
+                        metric=self.metric, config=cfg)
+        return {"accepted": len(chain), "verified": True, "holds": result.accepted, "seeds": self.verify_seeds,
+                "baseline_mean": float(np.mean([t.test_metric for t in base])),
+                "final_mean": float(np.mean([t.test_metric for t in final])), "gate": result.to_dict(),
+                "detail": result.detail}
+
+    def finish(self) -> dict:
+        from autoresearch.reports import write_summary
+
+        headline = self.verify_chain() if self.config.verify else {"verified": False, "detail": "verification skipped"}
+        self.ledger.update_run(self.run_id, headline_json=dumps(headline), status="finished", finished_at=time.time())
+        write_summary(self, headline)
+        return headline
+
+
+class _DataMismatchRejection(ProposalRejected):
+    reason = "data_mismatch"
+
+
+def unified_diff(old: dict[str, str], new: dict[str, str]) -> str:
+    import difflib
+
+    chunks = []
+    for path in sorted(set(old) | set(new)):
+        a, b = old.get(path), new.get(path)
+        if a == b:
+            continue
+        lines = difflib.unified_diff((a or "").splitlines(keepends=True), (b or "").splitlines(keepends=True),
+                                     fromfile=f"a/{path}" if a is not None else "/dev/null",
+                                     tofile=f"b/{path}" if b is not None else "/dev/null")
+        text = "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines)
+        chunks.append(f"diff --git a/{path} b/{path}\n" + text)
+    return "".join(chunks)
+
+
+def commit_message(record: ProposalRecord, engine: RunEngine) -> str:
+    versions = engine.env["versions"]
+    seeds = ",".join(str(t.seed) for t in record.candidate_trials) or "-"
+    return (f"{record.title}\n\n{record.hypothesis}\n\n"
+            f"Autoresearch-Proposal: {record.idx:03d}\n"
+            f"Autoresearch-Decision: {record.decision}\n"
+            f"Autoresearch-Reason: {record.reason}\n"
+            f"Autoresearch-Detail: {record.detail.splitlines()[0][:300] if record.detail else '-'}\n"
+            f"Autoresearch-Seeds: {seeds}\n"
+            f"Autoresearch-Data: {dumps(engine.data.fingerprints)}\n"
+            f"Autoresearch-Versions: python={versions.get('python')} torch={versions.get('torch')} "
+            f"numpy={versions.get('numpy')}\n"
+            f"Autoresearch-Run: {engine.run_id}\n")
+
+
+def read_proposal_lines(text: str) -> list[str]:
+    """Non-blank lines of a proposals file, each one proposal object (JSON Lines)."""
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def run_proposal_lines(engine: RunEngine, lines: list[str]) -> list[ProposalRecord]:
+    """Evaluate each line in order; a malformed line is a rejected proposal and the run goes on."""
+    from autoresearch.agent.proposal import InvalidProposal, parse_proposal_json
+
+    engine.ensure_baseline()
+    records = []
+    for idx, line in enumerate(lines, start=1):
+        try:
+            parsed: Proposal | ProposalRejected = parse_proposal_json(line)
+        except InvalidProposal as exc:
+            parsed = exc
+        records.append(engine.evaluate(idx, line, parsed, source="file"))
+    return records

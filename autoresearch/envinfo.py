@@ -1,0 +1,48 @@
+"""What machine and software produced a result: recorded with every run and every report."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+from importlib import metadata
+
+PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "GitPython", "openai", "langgraph", "autoresearch-gate")
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    try:
+        out["git"] = subprocess.run(["git", "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except OSError:
+        out["git"] = "not found"
+    return out
+
+
+def resolve_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {requested!r} requested but CUDA is not available here")
+    return requested
+
+
+def device_description(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        idx = int(device.split(":")[1]) if ":" in device else 0
+        return f"{device} ({torch.cuda.get_device_name(idx)})"
+    return f"cpu ({platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores)"
+
+
+def environment(device: str, isolation: str) -> dict:
+    return {"versions": versions(), "platform": platform.platform(), "device": device_description(device),
+            "isolation": isolation, "argv": sys.argv}

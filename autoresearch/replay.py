@@ -1,0 +1,103 @@
+"""Replay: re-apply a run's accepted commits with git onto a fresh copy of the benchmark repo,
+and optionally re-verify the whole chain against the baseline on fresh seeds."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import git
+
+from autoresearch.records import ACCEPTED, ACTOR, BASELINE_TAG, RunRepo
+
+
+class ReplayError(RuntimeError):
+    pass
+
+
+@dataclass
+class ReplayResult:
+    path: Path
+    applied: list[str] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)
+
+
+def replay_run(run_dir: Path, onto: Path | None) -> ReplayResult:
+    from autoresearch.benchmark import load_benchmark
+    from autoresearch.engine import files_hash
+    from autoresearch.ledger import Ledger
+    import json
+
+    run_dir = Path(run_dir).resolve()
+    ledger = Ledger(run_dir / "ledger.sqlite")
+    row = ledger.only_run()
+    ledger.close()
+    resolved = json.loads(row["config_json"])
+    root = resolved.get("benchmark_root")
+    bench = load_benchmark(root if root and Path(root).is_dir() else row["benchmark"])
+    source = RunRepo(run_dir / "repo")
+
+    target = Path(onto) if onto else run_dir / "replays" / time.strftime("%Y%m%d-%H%M%S")
+    if target.exists() and any(target.iterdir()):
+        raise ReplayError(f"{target} is not empty; give --onto an empty or new folder")
+    target.mkdir(parents=True, exist_ok=True)
+    # A fresh copy of the benchmark's editable repo, committed as the baseline.
+    files = bench.template_files()
+    for rel, data in files.items():
+        (target / rel).parent.mkdir(parents=True, exist_ok=True)
+        (target / rel).write_bytes(data)
+    repo = git.Repo.init(target, initial_branch="main")
+    with repo.config_writer() as cfg:
+        cfg.set_value("user", "name", ACTOR.name)
+        cfg.set_value("user", "email", ACTOR.email)
+    repo.git.add("-A")
+    repo.git.commit("-m", f"baseline: fresh copy of {bench.name} v{bench.spec.version}")
+    fresh = {p: (target / p).read_text() for p in files}
+    if files_hash(fresh) != files_hash(source.files_at(source.baseline)):
+        raise ReplayError("the benchmark's template on this machine differs from the run's baseline commit; "
+                          "replaying onto it would not reproduce the run")
+    result = ReplayResult(path=target)
+    chain = source.accepted_chain()
+    if chain:
+        patches = source.repo.git.format_patch("--stdout", "--binary", f"{BASELINE_TAG}..{ACCEPTED}")
+        try:
+            repo.git.am("--3way", "--keep-non-patch", istream=_as_stream(patches))
+        except git.GitCommandError as exc:
+            raise ReplayError(f"git am failed: {exc.stderr.strip()}") from None
+        result.applied = chain
+        for c in repo.iter_commits(f"HEAD~{len(chain)}..HEAD", reverse=True):
+            result.log.append(f"{c.hexsha[:10]} {c.summary}")
+    replayed = {b.path: b.data_stream.read().decode() for b in repo.head.commit.tree.traverse() if b.type == "blob"}
+    if files_hash(replayed) != files_hash(source.files_at(source.accepted_tip)):
+        raise ReplayError("the replayed tree differs from the run's accepted tip")
+    result.log.append("replayed tree matches the run's accepted tip")
+    return result
+
+
+def _as_stream(text: str):
+    import tempfile
+
+    f = tempfile.TemporaryFile()
+    f.write(text.encode())
+    if not text.endswith("\n"):
+        f.write(b"\n")
+    f.seek(0)
+    return f
+
+
+def verify_replay(run_dir: Path, result: ReplayResult, *, seed_base: int | None = None, events=None) -> dict:
+    """The replayed chain against the replayed baseline, on seeds none of the run has used."""
+    from autoresearch.engine import RunEngine
+
+    engine = RunEngine.open(run_dir, events=events)
+    repo = git.Repo(result.path)
+    base_commit = repo.commit(f"HEAD~{len(result.applied)}") if result.applied else repo.head.commit
+
+    def files(commit) -> dict[str, str]:
+        return {b.path: b.data_stream.read().decode() for b in commit.tree.traverse() if b.type == "blob"}
+
+    base = seed_base if seed_base is not None else engine.bench.spec.gate.verify_seed_base + 1000
+    engine.verify_seeds = [base + i for i in range(engine.gate.seeds)]
+    headline = engine.verify_chain(final_files=files(repo.head.commit), baseline_files=files(base_commit))
+    return headline

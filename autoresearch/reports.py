@@ -1,0 +1,231 @@
+"""Markdown reports: one per proposal (readable on its own), and the run's REPORT.md with a plot."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from autoresearch.gate import GateResult
+
+if TYPE_CHECKING:
+    from autoresearch.engine import ProposalRecord, RunEngine, TrialRecord
+
+
+def _fmt(x: float | None, digits: int = 4) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    return f"{x:.{digits}f}"
+
+
+def _signed(x: float | None, digits: int = 4) -> str:
+    return "-" if x is None else f"{x:+.{digits}f}"
+
+
+def report_name(record: "ProposalRecord") -> str:
+    from autoresearch.engine import slugify
+
+    return f"{record.idx:03d}-{slugify(record.title)}.md"
+
+
+def _seed_table(record: "ProposalRecord", metric: str) -> str:
+    inc = {t.seed: t for t in record.incumbent_trials}
+    rows = [f"| seed | candidate test {metric} | incumbent test {metric} | difference | candidate val | "
+            "incumbent val | candidate status | train s | predict s |",
+            "|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+    for t in record.candidate_trials:
+        i = inc.get(t.seed)
+        diff = None
+        if record.gate and t.seed in record.gate.seeds:
+            diff = record.gate.differences[record.gate.seeds.index(t.seed)]
+        elif t.test_metric is not None and i is not None and i.test_metric is not None:
+            diff = t.test_metric - i.test_metric
+        timing = t.summary
+        rows.append(f"| {t.seed} | {_fmt(t.test_metric)} | {_fmt(i.test_metric if i else None)} | {_signed(diff)} | "
+                    f"{_fmt(t.val_metric)} | {_fmt(i.val_metric if i else None)} | {t.status}"
+                    f"{' (cached)' if t.cached else ''} | {_fmt(timing.get('train', {}).get('run'), 2)} | "
+                    f"{_fmt(timing.get('predict', {}).get('run'), 2)} |")
+    return "\n".join(rows)
+
+
+def _gate_section(gate: GateResult, engine: "RunEngine") -> str:
+    g = engine.gate
+    return "\n".join([
+        f"- mean improvement (candidate minus incumbent, test {engine.metric.name}): **{gate.mean_difference:+.4f}**",
+        f"- 95% confidence interval (paired t, {len(gate.seeds) - 1} df): [{gate.ci95[0]:+.4f}, {gate.ci95[1]:+.4f}]",
+        f"- one-sided lower confidence bound at level 1 - alpha/m = {1 - gate.threshold:.5f}: {gate.ci_low:+.4f} "
+        f"(must exceed min_delta = {g.min_delta})",
+        f"- one-sided paired t-test p-value: {gate.p_value:.3g} (threshold alpha/m = {g.alpha}/{g.proposals} = "
+        f"{gate.threshold:.5g})",
+        f"- seeds won: {gate.win_rate:.0%} (needs {g.min_win_rate:.0%})",
+        "- checks: " + ", ".join(f"{k}={'pass' if v else 'FAIL'}" for k, v in gate.checks.items()),
+    ])
+
+
+def write_proposal_report(engine: "RunEngine", record: "ProposalRecord") -> Path:
+    spec = engine.bench.spec
+    row = engine.ledger.proposal(engine.run_id, record.idx) or {}
+    llm = engine.ledger.llm_totals(engine.run_id, record.idx)
+    out = engine.run_dir / "reports" / report_name(record)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    decision = "ACCEPTED" if record.decision == "accepted" else "REJECTED"
+    trials = record.candidate_trials
+    train_s = sum(t.summary.get("train", {}).get("run", 0.0) for t in trials if not t.cached)
+    predict_s = sum(t.summary.get("predict", {}).get("run", 0.0) for t in trials if not t.cached)
+    devices = sorted({t.summary.get("device", engine.device) for t in trials}) or [engine.device]
+    lines = [
+        f"# Proposal {record.idx:03d}: {record.title}",
+        "",
+        f"**Decision: {decision}** (reason: `{record.reason}`)",
+        "",
+        f"> {record.detail}" if record.detail else "",
+        "",
+        f"- run: `{engine.run_id}`; benchmark `{spec.name}` v{spec.version}; source: {row.get('source', '-')}",
+        f"- idea: {engine.config.idea or '(proposals file, no idea)'}",
+        f"- hypothesis: {record.hypothesis or '-'}",
+        f"- parent (incumbent) commit: `{row.get('parent_commit', '-')}`; this proposal's commit: `{record.commit}` "
+        f"(ref `refs/proposals/{record.idx:03d}`)",
+        "",
+        "## The change",
+        "",
+        "```diff",
+        (record.diff.rstrip("\n") if record.diff else "(no change could be applied)").replace("```", "`\u200b``"),
+        "```",
+        "",
+    ]
+    if trials:
+        lines += ["## Per-seed results", "",
+                  f"Candidate and incumbent share each seed; the gate uses the held-out **test** split "
+                  f"({engine.data.counts['test']} examples); val ({engine.data.counts['val']}) is shown for reference.",
+                  "", _seed_table(record, engine.metric.name), ""]
+    if record.gate is not None:
+        lines += ["## Gate", "", _gate_section(record.gate, engine), ""]
+    lines += [
+        "## Protocol",
+        "",
+        f"- data fingerprints (sha256): " + ", ".join(f"{k}=`{v[:16]}…`" for k, v in engine.data.fingerprints.items()),
+        f"- example counts: " + ", ".join(f"{k}={v}" for k, v in engine.data.counts.items()) +
+        " (identical for candidate and incumbent, checked per trial)",
+        f"- gate seeds: {engine.gate_seeds}; screen: {'on, margin ' + str(engine.gate.screen_margin) if engine.gate.screen else 'off'}",
+        f"- budget: {spec.budget.epochs} epochs, batch {spec.budget.batch_size}, train {spec.budget.train_seconds:g}s + "
+        f"predict {spec.budget.predict_seconds:g}s (+{spec.budget.grace_seconds:g}s start-up grace), "
+        f"{spec.budget.memory_mb} MiB, {spec.budget.max_processes} processes, {spec.budget.threads} thread(s)",
+        f"- timings: proposal wall {record.wall_seconds:.1f}s; sandboxed train {train_s:.1f}s, predict {predict_s:.1f}s "
+        f"(candidate trials run now)",
+        f"- isolation: **{engine.isolation}**" + ("" if engine.isolation == "bubblewrap" else
+                                                  " (no sandbox: candidate code ran with the user's rights)"),
+        f"- device: {engine.env.get('device', ', '.join(devices))}",
+        f"- LLM: {llm['calls']} call(s), {llm['prompt_tokens']} prompt + {llm['completion_tokens']} completion tokens, "
+        f"~${llm['cost_usd']:.4f}; prompt hash {row.get('prompt_hash') or '-'}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in engine.env["versions"].items()),
+        "",
+        "## Replay",
+        "",
+        "```sh",
+        f"git -C {engine.run_dir / 'repo'} show refs/proposals/{record.idx:03d}   # this change",
+        f"git clone {engine.run_dir / 'repo'} replay && cd replay && git fetch origin 'refs/proposals/*:refs/proposals/*'",
+        f"git checkout refs/proposals/{record.idx:03d}   # the candidate's full editable repo",
+        f"autoresearch replay {engine.run_dir} --verify   # re-run the accepted chain on fresh seeds",
+        "```",
+        "",
+    ]
+    failed = next((t for t in trials if not t.ok), None)
+    if failed is not None:
+        tail = str(failed.summary.get("log_tail", ""))[-3000:].replace("```", "`\u200b``")
+        lines += [f"## Log tail (seed {failed.seed})", "", "```", tail, "```", ""]
+    out.write_text("\n".join(lines))
+    return out
+
+
+def write_plot(engine: "RunEngine", records: list["ProposalRecord"], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(records) + 3), 4))
+    for r in records:
+        if r.gate is not None:
+            color = "tab:green" if r.decision == "accepted" else "tab:red"
+            lo, hi = r.gate.ci95
+            ax.errorbar(r.idx, r.gate.mean_difference, yerr=[[r.gate.mean_difference - lo], [hi - r.gate.mean_difference]],
+                        fmt="o", color=color, capsize=4)
+        else:
+            ax.plot(r.idx, 0, marker="x", color="grey")
+            ax.annotate(r.reason, (r.idx, 0), textcoords="offset points", xytext=(0, 8), ha="center", fontsize=7,
+                        rotation=90, color="grey")
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("proposal")
+    ax.set_ylabel(f"test {engine.metric.name}: candidate - incumbent")
+    ax.set_title("each proposal against the incumbent of its time (mean, 95% CI; x = not trained/failed)")
+    ax.set_xticks([r.idx for r in records] or [1])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_summary(engine: "RunEngine", headline: dict) -> Path:
+    records = engine.records()
+    spec = engine.bench.spec
+    plot = engine.run_dir / "summary.png"
+    write_plot(engine, records, plot)
+    accepted = [r for r in records if r.decision == "accepted"]
+    totals = engine.ledger.llm_totals(engine.run_id)
+    lines = [f"# Run {engine.run_id}", "",
+             f"- benchmark: `{spec.name}` v{spec.version}; idea: {engine.config.idea or '(proposals file)'}",
+             f"- proposals: {len(records)} decided of a budget of {engine.gate.proposals}; accepted: {len(accepted)}",
+             f"- gate: {engine.gate.seeds} paired seeds on test, one-sided paired t, alpha={engine.gate.alpha}, "
+             f"m={engine.gate.proposals} (per-test threshold {engine.gate.threshold:.4g}), min_delta={engine.gate.min_delta}, "
+             f"min win rate {engine.gate.min_win_rate:.0%}",
+             f"- isolation: {engine.isolation}; device: {engine.env.get('device')}",
+             f"- LLM: {totals['calls']} calls, {totals['prompt_tokens'] + totals['completion_tokens']} tokens, "
+             f"~${totals['cost_usd']:.4f}",
+             "", "## Headline (re-verified on fresh seeds)", ""]
+    if headline.get("verified"):
+        g = headline["gate"]
+        lines += [f"The accepted chain ({headline['accepted']} change(s)) against the original baseline on fresh seeds "
+                  f"{headline['seeds']}: test {engine.metric.name} {headline['baseline_mean']:.4f} -> "
+                  f"{headline['final_mean']:.4f}, mean improvement **{g['mean_difference']:+.4f}** "
+                  f"(95% CI [{g['ci95'][0]:+.4f}, {g['ci95'][1]:+.4f}], one-sided p={g['p_value']:.3g}); "
+                  f"{'the gain holds' if headline['holds'] else 'the gain does NOT hold at alpha=' + str(engine.gate.alpha)}."]
+    else:
+        lines += [headline.get("detail", "not verified")]
+    lines += ["", "Selection-time figures below are optimistic by construction; the headline above is not.", "",
+              "## Proposals", "", "| # | title | decision | reason | mean diff | 95% CI | p | report |",
+              "|---:|---|---|---|---:|---|---:|---|"]
+    for r in records:
+        g = r.gate
+        rep = Path(r.report_path).name if r.report_path else ""
+        lines.append(f"| {r.idx} | {r.title.replace('|', '/')} | {r.decision} | {r.reason} | "
+                     f"{_signed(g.mean_difference) if g else '-'} | "
+                     f"{f'[{g.ci95[0]:+.4f}, {g.ci95[1]:+.4f}]' if g else '-'} | {f'{g.p_value:.3g}' if g else '-'} | "
+                     f"[{rep}](reports/{rep}) |")
+    lines += ["", "![each proposal against its incumbent](summary.png)", "", "## Replay", "", "```sh",
+              f"autoresearch replay {engine.run_dir} --verify", f"git -C {engine.run_dir / 'repo'} log --oneline accepted",
+              "```", ""]
+    path = engine.run_dir / "REPORT.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def run_summary_json(engine: "RunEngine") -> dict:
+    row = engine.ledger.run(engine.run_id) or {}
+    records = engine.records()
+    return {
+        "run_id": engine.run_id,
+        "benchmark": engine.bench.name,
+        "benchmark_version": engine.bench.spec.version,
+        "status": row.get("status"),
+        "isolation": engine.isolation,
+        "idea": engine.config.idea,
+        "fingerprints": engine.data.fingerprints,
+        "counts": engine.data.counts,
+        "headline": json.loads(row["headline_json"]) if row.get("headline_json") else None,
+        "proposals": [{
+            "index": r.idx, "title": r.title, "decision": r.decision, "reason": r.reason, "detail": r.detail,
+            "mean_difference": r.gate.mean_difference if r.gate else None,
+            "ci95": list(r.gate.ci95) if r.gate else None, "p_value": r.gate.p_value if r.gate else None,
+            "threshold": r.gate.threshold if r.gate else None, "commit": r.commit, "report": r.report_path,
+        } for r in records],
+    }

@@ -1,0 +1,418 @@
+"""Run one untrusted command with hard limits.
+
+Two levels, chosen per machine and named in every record:
+
+* ``bubblewrap``: a fresh mount namespace that shows only what a trial needs (the Python
+  runtime read-only, the named mounts, a size-capped ``/tmp``), no network namespace peers,
+  a PID namespace (when the sandbox's init dies the kernel kills every process in it, so
+  ``setsid`` cannot escape), a cleared environment.
+* ``none``: a new session, a cleared environment and rlimits only. Candidate code can then
+  read anything the user can; reports say so, and ``require_isolation`` refuses this level.
+
+On both levels cgroup v1 ``memory`` and ``pids`` controllers are used when writable (root on
+Linux), which gives an exact memory cap with OOM detection and a process-count cap that also
+lets us find and kill every process the command started, detached or not.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+LOG_HEAD_BYTES = 16 * 1024
+LOG_TAIL_BYTES = 48 * 1024
+
+
+class IsolationUnavailable(RuntimeError):
+    """Raised when isolation is required but bubblewrap cannot run here."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Mount:
+    """A host path shown inside the sandbox at ``inside``."""
+
+    host: Path
+    inside: str
+    writable: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    wall_seconds: float = 60.0
+    cpu_seconds: int = 600
+    memory_bytes: int = 4 * 1024**3
+    max_processes: int = 64
+    tmp_bytes: int = 256 * 1024**2
+    max_file_bytes: int = 512 * 1024**2
+    # The writable mounts together may not grow past this; a watchdog kills the sandbox.
+    max_output_bytes: int = 512 * 1024**2
+
+
+@dataclass(kw_only=True)
+class SandboxResult:
+    exit_code: int | None
+    signal: int | None
+    timed_out: bool
+    oom: bool
+    output_exceeded: bool
+    wall_seconds: float
+    start_seconds: float
+    log_head: str
+    log_tail: str
+    log_bytes: int
+    isolation: str
+    peak_memory_bytes: int | None = None
+    leftover_processes: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def log_excerpt(self) -> str:
+        if self.log_bytes <= len(self.log_head.encode()) + len(self.log_tail.encode()):
+            return self.log_head + self.log_tail
+        return self.log_head + f"\n[... {self.log_bytes} bytes of output in all, middle dropped ...]\n" + self.log_tail
+
+
+def bubblewrap_path() -> str | None:
+    return shutil.which("bwrap")
+
+
+_BWRAP_WORKS: dict[str, bool] = {}
+
+
+def bubblewrap_works() -> bool:
+    """bwrap may be installed but unusable (no user namespaces); try it once."""
+    path = bubblewrap_path()
+    if path is None:
+        return False
+    if path not in _BWRAP_WORKS:
+        try:
+            proc = subprocess.run(
+                [path, "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "--proc", "/proc",
+                 "--dev", "/dev", "true"],
+                capture_output=True, timeout=20,
+            )
+            _BWRAP_WORKS[path] = proc.returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            _BWRAP_WORKS[path] = False
+    return _BWRAP_WORKS[path]
+
+
+def isolation_level(require: bool = False) -> str:
+    if bubblewrap_works():
+        return "bubblewrap"
+    if require:
+        raise IsolationUnavailable(
+            "isolation required but bubblewrap is not usable here; install it (apt-get install bubblewrap) "
+            "or drop --require-isolation"
+        )
+    return "none"
+
+
+# --------------------------------------------------------------------------- cgroups
+
+
+class _Cgroup:
+    """A throwaway cgroup v1 pair (memory + pids), or nothing where we may not create one."""
+
+    def __init__(self, limits: Limits):
+        self.name = f"autoresearch-{uuid.uuid4().hex[:12]}"
+        self.dirs: dict[str, Path] = {}
+        for controller in ("memory", "pids"):
+            base = CGROUP_ROOT / controller
+            if not (base / "cgroup.procs").exists():
+                continue
+            path = base / self.name
+            try:
+                path.mkdir()
+                if controller == "memory":
+                    (path / "memory.limit_in_bytes").write_text(str(limits.memory_bytes))
+                    swap = path / "memory.memsw.limit_in_bytes"
+                    if swap.exists():
+                        try:
+                            swap.write_text(str(limits.memory_bytes))
+                        except OSError:
+                            pass
+                else:
+                    (path / "pids.max").write_text(str(limits.max_processes))
+                self.dirs[controller] = path
+            except OSError:
+                if path.exists():
+                    try:
+                        path.rmdir()
+                    except OSError:
+                        pass
+        self.procs_files = [str(d / "cgroup.procs") for d in self.dirs.values()]
+
+    @property
+    def active(self) -> bool:
+        return bool(self.dirs)
+
+    def pids(self) -> list[int]:
+        found: set[int] = set()
+        for d in self.dirs.values():
+            try:
+                found.update(int(x) for x in (d / "cgroup.procs").read_text().split())
+            except OSError:
+                pass
+        return sorted(found)
+
+    def kill_all(self) -> int:
+        """SIGKILL every process in the group until none is left; returns how many were seen."""
+        seen = 0
+        for _ in range(50):
+            pids = self.pids()
+            if not pids:
+                break
+            seen = max(seen, len(pids))
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.02)
+        return seen
+
+    def oom_killed(self) -> bool:
+        d = self.dirs.get("memory")
+        if d is None:
+            return False
+        try:
+            fields = dict(line.split() for line in (d / "memory.oom_control").read_text().splitlines())
+            if int(fields.get("oom_kill", "0")) > 0:
+                return True
+            return int((d / "memory.failcnt").read_text()) > 0 and int(fields.get("under_oom", "0")) > 0
+        except (OSError, ValueError):
+            return False
+
+    def peak_memory(self) -> int | None:
+        d = self.dirs.get("memory")
+        if d is None:
+            return None
+        try:
+            return int((d / "memory.max_usage_in_bytes").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def remove(self) -> None:
+        self.kill_all()
+        for d in self.dirs.values():
+            for _ in range(50):
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.02)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _runtime_mounts() -> list[str]:
+    """Read-only binds for the Python runtime and system libraries, nothing else of the host."""
+    args: list[str] = []
+    seen: set[str] = set()
+
+    def ro(path: str) -> None:
+        real = os.path.realpath(path)
+        for p in {path, real}:
+            if p not in seen and os.path.exists(p):
+                seen.add(p)
+                args.extend(["--ro-bind", p, p])
+
+    for p in ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc/ld.so.cache", "/etc/ld.so.conf",
+              "/etc/ld.so.conf.d", "/etc/alternatives", "/sys/devices/system/cpu"):
+        if os.path.exists(p) and not os.path.islink(p):
+            ro(p)
+        elif os.path.islink(p):
+            args.extend(["--symlink", os.readlink(p), p])
+    for p in {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))}:
+        ro(p)
+    return args
+
+
+def _python_sandbox_env(extra: dict[str, str]) -> dict[str, str]:
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": "/tmp",
+        "TMPDIR": "/tmp",
+        "LANG": "C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONNOUSERSITE": "1",
+        "PYTHONHASHSEED": "0",
+        "PYTHONUNBUFFERED": "1",
+    }
+    # Kept from the host because older OpenBLAS builds compute wrong results without them.
+    for key in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    env.update(extra)
+    return env
+
+
+def build_command(argv: list[str], mounts: list[Mount], *, isolation: str, limits: Limits,
+                  env: dict[str, str], cwd: str, devices: list[str] = ()) -> tuple[list[str], dict[str, str], str | None]:
+    """Returns (argv to exec, environment, host cwd)."""
+    full_env = _python_sandbox_env(env)
+    if isolation == "bubblewrap":
+        cmd = [bubblewrap_path() or "bwrap", "--unshare-all", "--die-with-parent", "--new-session",
+               "--clearenv", "--hostname", "sandbox", "--cap-drop", "ALL"]
+        cmd += _runtime_mounts()
+        cmd += ["--proc", "/proc", "--dev", "/dev", "--size", str(limits.tmp_bytes), "--tmpfs", "/tmp"]
+        for dev in devices:
+            cmd += ["--dev-bind", dev, dev]
+        for m in mounts:
+            cmd += ["--bind" if m.writable else "--ro-bind", str(m.host), m.inside]
+        for key, value in full_env.items():
+            cmd += ["--setenv", key, value]
+        cmd += ["--chdir", cwd, "--"]
+        return cmd + argv, {}, None
+    # No isolation: translate the inside paths back to host paths.
+    mapping = sorted(((m.inside, str(m.host)) for m in mounts), key=lambda kv: -len(kv[0]))
+
+    def host_path(arg: str) -> str:
+        for inside, host in mapping:
+            if arg == inside or arg.startswith(inside + "/"):
+                return host + arg[len(inside):]
+        return arg
+
+    full_env["TMPDIR"] = full_env["HOME"] = env.get("TMPDIR", "/tmp")
+    return [host_path(a) for a in argv], {k: host_path(v) for k, v in full_env.items()}, host_path(cwd)
+
+
+def _dir_size(paths: list[Path]) -> int:
+    total = 0
+    for root in paths:
+        for dirpath, _dirs, files in os.walk(root):
+            for name in files:
+                try:
+                    total += os.lstat(os.path.join(dirpath, name)).st_size
+                except OSError:
+                    pass
+    return total
+
+
+def run_sandboxed(argv: list[str], *, mounts: list[Mount], limits: Limits, isolation: str,
+                  env: dict[str, str] | None = None, cwd: str = "/tmp",
+                  devices: list[str] = ()) -> SandboxResult:
+    """Run argv (inside paths) under isolation with limits; never raises for the command's own failure."""
+    t_start = time.monotonic()
+    cmd, proc_env, host_cwd = build_command(argv, mounts, isolation=isolation, limits=limits,
+                                            env=env or {}, cwd=cwd, devices=list(devices))
+    cgroup = _Cgroup(limits)
+    use_rlimit_as = "memory" not in cgroup.dirs
+
+    def preexec() -> None:  # runs in the child between fork and exec
+        os.setsid()
+        for procs in cgroup.procs_files:
+            with open(procs, "w") as f:
+                f.write(str(os.getpid()))
+        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 5))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limits.max_file_bytes, limits.max_file_bytes))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if use_rlimit_as:
+            resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
+        if not cgroup.dirs.get("pids"):
+            resource.setrlimit(resource.RLIMIT_NPROC, (limits.max_processes, limits.max_processes))
+
+    notes: list[str] = []
+    if not cgroup.active:
+        notes.append("cgroups unavailable: memory capped by RLIMIT_AS, processes by RLIMIT_NPROC")
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env=proc_env if isolation != "bubblewrap" else {"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+                            cwd=host_cwd, preexec_fn=preexec, close_fds=True)
+    start_seconds = time.monotonic() - t_start
+
+    head = bytearray()
+    tail = bytearray()
+    total = [0]
+
+    def reader() -> None:
+        assert proc.stdout is not None
+        while True:
+            chunk = proc.stdout.read1(65536) if hasattr(proc.stdout, "read1") else proc.stdout.read(65536)
+            if not chunk:
+                break
+            total[0] += len(chunk)
+            if len(head) < LOG_HEAD_BYTES:
+                take = LOG_HEAD_BYTES - len(head)
+                head.extend(chunk[:take])
+                chunk = chunk[take:]
+            if chunk:
+                tail.extend(chunk)
+                if len(tail) > 2 * LOG_TAIL_BYTES:
+                    del tail[: len(tail) - LOG_TAIL_BYTES]
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+
+    writable = [m.host for m in mounts if m.writable]
+    timed_out = output_exceeded = False
+    deadline = t_start + limits.wall_seconds
+    next_size_check = 0.0
+    while True:
+        try:
+            proc.wait(timeout=0.05)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+        now = time.monotonic()
+        if now > deadline:
+            timed_out = True
+            break
+        if writable and now >= next_size_check:
+            next_size_check = now + 0.25
+            if _dir_size(writable) > limits.max_output_bytes:
+                output_exceeded = True
+                break
+    if timed_out or output_exceeded:
+        _kill_tree(proc)
+    wall = time.monotonic() - t_start
+    # Whatever the command left behind (detached daemons included) dies with it.
+    leftovers = cgroup.kill_all() if cgroup.active else 0
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+    thread.join(timeout=5)
+    if proc.stdout:
+        proc.stdout.close()
+    oom = cgroup.oom_killed()
+    peak = cgroup.peak_memory()
+    cgroup.remove()
+    if leftovers:
+        notes.append(f"{leftovers} process(es) still running after the command ended were killed")
+
+    code = proc.returncode
+    return SandboxResult(
+        exit_code=code if code is not None and code >= 0 else None,
+        signal=-code if code is not None and code < 0 else None,
+        timed_out=timed_out, oom=oom, output_exceeded=output_exceeded,
+        wall_seconds=wall, start_seconds=start_seconds,
+        log_head=head.decode("utf-8", "replace"), log_tail=tail[-LOG_TAIL_BYTES:].decode("utf-8", "replace"),
+        log_bytes=total[0], isolation=isolation, peak_memory_bytes=peak, leftover_processes=leftovers,
+        notes=notes,
+    )
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.kill()
+    except ProcessLookupError:
+        pass
