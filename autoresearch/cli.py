@@ -93,7 +93,9 @@ def _resolve_run(run: str, runs_dir: Path) -> Path:
         return p
     if (runs_dir / run / "ledger.sqlite").is_file():
         return runs_dir / run
-    matches = sorted(d for d in runs_dir.glob(f"{run}*") if (d / "ledger.sqlite").is_file()) if runs_dir.is_dir() else []
+    matches = []
+    if runs_dir.is_dir() and "/" not in run and run not in ("", ".", ".."):
+        matches = sorted(d for d in runs_dir.iterdir() if d.name.startswith(run) and (d / "ledger.sqlite").is_file())
     if len(matches) == 1:
         return matches[0]
     from autoresearch.ledger import LedgerError
@@ -147,6 +149,9 @@ def run(benchmark, idea, proposals_file, proposals, seeds, alpha, min_delta, no_
             raise click.UsageError(f"{proposals_file} is not UTF-8 text") from None
         if not lines:
             raise click.UsageError(f"{proposals_file} holds no proposals")
+        if not any(line.lstrip().startswith("{") for line in lines):  # surely the wrong file: train nothing
+            raise click.UsageError(f"{proposals_file}: no line is a JSON object; expected JSON Lines, one "
+                                   '{"title", "hypothesis", "edits"} object per line')
     config = RunConfig(benchmark=benchmark, runs_dir=runs_dir, idea=idea,
                        proposals=proposals or (len(lines) if lines else 8), seeds=seeds, alpha=alpha,
                        min_delta=min_delta, screen=False if no_screen else None, verify=not no_verify, slots=slots,
@@ -173,7 +178,10 @@ def _make_executor(config):
         from autoresearch.sandbox.executors import RayExecutor
 
         return RayExecutor(address=config.ray_address, slots=config.slots)
-    return LocalExecutor(config.slots)
+    from autoresearch.sandbox.executors import slot_devices
+
+    gpus = 0 if config.device == "cpu" else __import__("torch").cuda.device_count()
+    return LocalExecutor(config.slots, devices=slot_devices(config.device, config.slots, gpus))  # one GPU per slot
 
 
 def _execute(config, *, lines, run_dir, slots=None) -> None:
@@ -317,11 +325,16 @@ def doctor():
         console.print(f"cgroup v1 {c}: {'writable' if ok else 'unavailable (rlimits used instead)'}", highlight=False)
     import torch
 
+    console.print(f"device cpu: {envinfo.device_description('cpu')}", highlight=False)
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
-            console.print(f"GPU {i}: {torch.cuda.get_device_name(i)}", highlight=False)
+            p = torch.cuda.get_device_properties(i)
+            console.print(f"device cuda:{i}: {p.name}, {p.total_memory / 2**30:.0f} GiB, compute {p.major}.{p.minor} "
+                          f"(trial slot {i} pins it: only /dev/nvidia{i} inside its sandbox)", highlight=False)
+        console.print(f"trials run on: cuda, one GPU per slot (--slots {torch.cuda.device_count()}); torch CUDA "
+                      f"{torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}", highlight=False)
     else:
-        console.print("GPU: none (CUDA not available); trials run on CPU", highlight=False)
+        console.print("GPU: none (CUDA not available); trials run on CPU slots (--slots N)", highlight=False)
     for k, v in envinfo.versions().items():
         console.print(f"{k}: {v}", highlight=False)
     try:
@@ -358,6 +371,24 @@ def replay(run, onto, verify, seed_base, runs_dir):
         console.print(f"[bold]verification:[/] {headline['detail']}", highlight=False)
         if headline.get("verified") and not headline.get("holds"):
             sys.exit(1)
+
+
+@main.command(name="init-benchmark")
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--from", "template", default="digits-mlp", show_default=True,
+              help="Built-in benchmark or folder to copy (spec, frozen harness, editable repo).")
+@click.option("--revision", default=None, help="Pin this hub dataset revision (40-hex commit) in the copy.")
+@_guard
+def init_benchmark(dest, template, revision):
+    """Scaffold a benchmark folder from a template and pin its split fingerprints computed here."""
+    from autoresearch.scaffold import init_benchmark as scaffold
+
+    fingerprints = scaffold(dest, template, revision=revision)
+    console.print(f"benchmark folder {dest} (from {template}); pinned fingerprints:", highlight=False)
+    for split, digest in fingerprints.items():
+        console.print(f"  {split}: {digest}", highlight=False)
+    console.print(f"edit {dest / 'repo'} and {dest / 'spec.toml'}, then: autoresearch run --benchmark {dest} ...",
+                  highlight=False)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,29 @@ from autoresearch.records import RunRepo
 from autoresearch.sandbox.isolation import isolation_level
 from autoresearch.sandbox.trial import TrialOutput, TrialRequest, TrialStatus, run_trial
 from autoresearch.scoring import Metric, PredictionError, score
+from autoresearch.secondary import secondary_from_logits
+from autoresearch.tamper import check_change
+
+
+def fault(point: str, delay: float = 0.0) -> None:
+    """Fault-injection hook for tests: AUTORESEARCH_FAULT=point[:n] makes this process SIGKILL
+    itself the n-th time (default 1st) it reaches ``point`` (after ``delay`` seconds, from a timer)."""
+    spec = os.environ.get("AUTORESEARCH_FAULT", "")
+    name, _, nth = spec.partition(":")
+    if name != point:
+        return
+    _FAULT_HITS[point] = _FAULT_HITS.get(point, 0) + 1
+    if _FAULT_HITS[point] == int(nth or 1):
+        import signal
+        import threading
+
+        if delay:
+            threading.Timer(delay, os.kill, (os.getpid(), signal.SIGKILL)).start()
+        else:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+_FAULT_HITS: dict[str, int] = {}
 
 REASONS = ("invalid_proposal", "not_editable", "apply_failed", "crash", "timeout", "oom", "nonfinite", "tampered",
            "data_mismatch", "not_better", "accepted")
@@ -105,12 +128,18 @@ def new_run_id(benchmark: str) -> str:
 
 
 class LocalExecutor:
-    """Runs trials in parallel slots on this machine (threads that each drive one sandbox)."""
+    """Runs trials in parallel slots on this machine (threads that each drive one sandbox).
+    ``devices``: one per slot (e.g. cuda:0, cuda:1); each trial is pinned to its slot's device."""
 
-    def __init__(self, slots: int = 1):
+    def __init__(self, slots: int = 1, devices: list[str] | None = None):
         self.slots = max(1, slots)
+        self.devices = list(devices) if devices else None
 
     def map(self, fn, requests):
+        if self.devices and any(d != "cpu" for d in self.devices):
+            from autoresearch.sandbox.executors import run_on_slots
+
+            return run_on_slots(fn, requests, self.devices[:self.slots])
         if self.slots == 1 or len(requests) <= 1:
             return [fn(r) for r in requests]
         from concurrent.futures import ThreadPoolExecutor
@@ -230,8 +259,12 @@ class RunEngine:
         path = self.run_dir / "work" / name
         if path.exists():
             shutil.rmtree(path)
+        root = path.resolve()
         for rel, text in files.items():
             target = path / rel
+            # Defence in depth: paths come from apply_proposal or git, but never write outside.
+            if not rel or "\x00" in rel or root not in (path / rel).resolve().parents:
+                raise ValueError(f"refusing to write {rel!r} outside the workspace {path}")
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text)
         return path
@@ -294,13 +327,20 @@ class RunEngine:
 
             def one(req: TrialRequest) -> TrialOutput:
                 self.events.trial_started(role, req.seed)
+                fault("train", delay=2.0)  # test hook: dies while the sandbox is training
                 return run_trial(req)
+
+            one.trial_fn = run_trial  # type: ignore[attr-defined]  # what remote executors (Ray) ship
+            one.announce = lambda req: self.events.trial_started(role, req.seed)  # type: ignore[attr-defined]
 
             outputs = self.executor.map(one, [self._request(ws, seed, keys[seed]) for seed in todo])
             for seed, out in zip(todo, outputs):
                 status, detail, scores = self._score(out)
+                fault("score")  # test hook: trial done and scored, not yet in the ledger
                 summary = out.summary() | {"fingerprints": self.data.fingerprints, "counts": self.data.counts,
-                                           "device": self.device}
+                                           "device": out.device or self.device,
+                                           "secondary": secondary_from_logits(out.predictions["test"], self.data.labels(
+                                               "test"), self.bench.spec.data.num_classes) if scores else {}}
                 row = dict(run_id=self.run_id, cache_key=keys[seed], code_hash=code_hash, role=role,
                            proposal_idx=proposal_idx, seed=seed, status=status, detail=detail,
                            val_metric=scores["val"].metric if scores else None,
@@ -372,6 +412,7 @@ class RunEngine:
                 try:
                     new_files = apply_proposal(incumbent_files, parsed, self.bench.spec.editable)
                     record.diff = unified_diff(incumbent_files, new_files)
+                    check_change(incumbent_files, new_files)  # static tamper check: ends `tampered`
                     self._gate(record, incumbent_files, new_files)
                 except ProposalRejected as exc:
                     record.reason, record.detail = exc.reason, str(exc)
@@ -438,12 +479,14 @@ class RunEngine:
                                         new_files if record.reason not in ("invalid_proposal", "not_editable",
                                                                            "apply_failed") else None, message)
         record.commit = sha
+        fault("commit")  # test hook: commit and ref written, ledger not yet told
         if record.decision == "accepted":
             self.repo.advance_accepted(sha)
         if not record.candidate_trials and record.reason not in ("invalid_proposal", "not_editable", "apply_failed"):
             record.candidate_trials, record.incumbent_trials = self._trials_for(record)
         path = write_proposal_report(self, record)
         record.report_path = str(path)
+        fault("report")  # test hook: report written, proposal not yet marked finished
         self.ledger.update_proposal(self.run_id, record.idx, state="finished", commit_sha=sha,
                                     report_path=str(path.relative_to(self.run_dir)))
 

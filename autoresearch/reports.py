@@ -63,6 +63,38 @@ def _gate_section(gate: GateResult, engine: "RunEngine") -> str:
     ])
 
 
+def _device_note(trials: list["TrialRecord"]) -> str:
+    """Which device ran each trial, and whether its result is bit-reproducible there."""
+    parts = []
+    for t in trials:
+        rep = t.summary.get("train_report", {}) or {}
+        det = rep.get("determinism") or {}
+        if "bit_reproducible" not in det:
+            repro = "bit-reproducibility not reported by this harness"
+        elif det["bit_reproducible"]:
+            repro = "bit-reproducible (deterministic kernels only)"
+        else:
+            repro = "NOT bit-reproducible (ops without deterministic kernels: " + \
+                ", ".join(det.get("nondeterministic_ops", [])[:3]) + ")"
+        parts.append(f"seed {t.seed} on {rep.get('device') or t.summary.get('device', '?')}: {repro}")
+    return "trials: " + ("; ".join(parts) if parts else "-")
+
+
+def _secondary_section(record: "ProposalRecord", engine: "RunEngine") -> list[str]:
+    """Macro-F1 and per-class accuracy on test, beside the gated metric; shown, never gated."""
+    inc = {t.seed: t.summary.get("secondary") or {} for t in record.incumbent_trials}
+    rows = ["## Secondary metrics (test; shown, not gated)", "",
+            "| seed | candidate macro-F1 | incumbent macro-F1 | candidate per-class accuracy |", "|---:|---:|---:|---|"]
+    notes = set()
+    for t in record.candidate_trials:
+        sec = t.summary.get("secondary") or {}
+        notes.update(v for k, v in sec.items() if k in ("unavailable", "error"))
+        per_class = " ".join("-" if a is None else f"{a:.2f}" for a in sec.get("per_class_accuracy", [])) or "-"
+        rows.append(f"| {t.seed} | {_fmt(sec.get('macro_f1'))} | {_fmt(inc.get(t.seed, {}).get('macro_f1'))} | "
+                    f"{per_class} |")
+    return rows + [""] + [f"> {n}" for n in sorted(notes)] + ([""] if notes else [])
+
+
 def write_proposal_report(engine: "RunEngine", record: "ProposalRecord") -> Path:
     spec = engine.bench.spec
     row = engine.ledger.proposal(engine.run_id, record.idx) or {}
@@ -101,6 +133,8 @@ def write_proposal_report(engine: "RunEngine", record: "ProposalRecord") -> Path
                   "", _seed_table(record, engine.metric.name), ""]
     if record.gate is not None:
         lines += ["## Gate", "", _gate_section(record.gate, engine), ""]
+    if trials:
+        lines += _secondary_section(record, engine)
     lines += [
         "## Protocol",
         "",
@@ -115,7 +149,7 @@ def write_proposal_report(engine: "RunEngine", record: "ProposalRecord") -> Path
         f"(candidate trials run now)",
         f"- isolation: **{engine.isolation}**" + ("" if engine.isolation == "bubblewrap" else
                                                   " (no sandbox: candidate code ran with the user's rights)"),
-        f"- device: {engine.env.get('device', ', '.join(devices))}",
+        f"- device: {engine.env.get('device', ', '.join(devices))}; " + _device_note(trials),
         f"- LLM: {llm['calls']} call(s), {llm['prompt_tokens']} prompt + {llm['completion_tokens']} completion tokens, "
         f"~${llm['cost_usd']:.4f}; prompt hash {row.get('prompt_hash') or '-'}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in engine.env["versions"].items()),
@@ -227,5 +261,9 @@ def run_summary_json(engine: "RunEngine") -> dict:
             "mean_difference": r.gate.mean_difference if r.gate else None,
             "ci95": list(r.gate.ci95) if r.gate else None, "p_value": r.gate.p_value if r.gate else None,
             "threshold": r.gate.threshold if r.gate else None, "commit": r.commit, "report": r.report_path,
+            "per_seed": [{"seed": t.seed, "role": "candidate", "status": t.status, "test": t.test_metric,
+                          "val": t.val_metric, "device": t.summary.get("device")} for t in r.candidate_trials] +
+                        [{"seed": t.seed, "role": "incumbent", "status": t.status, "test": t.test_metric,
+                          "val": t.val_metric, "device": t.summary.get("device")} for t in r.incumbent_trials],
         } for r in records],
     }

@@ -33,6 +33,10 @@ LOG_HEAD_BYTES = 16 * 1024
 LOG_TAIL_BYTES = 48 * 1024
 
 
+# /proc entries that write to the host kernel's global state (sysctls, sysrq, irq affinity, ...).
+PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs", "acpi", "scsi", "driver", "sysvipc", "tty")
+
+
 class IsolationUnavailable(RuntimeError):
     """Raised when isolation is required but bubblewrap cannot run here."""
 
@@ -239,7 +243,35 @@ def _runtime_mounts() -> list[str]:
             args.extend(["--symlink", os.readlink(p), p])
     for p in {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))}:
         ro(p)
+    # Datasets bundled with installed packages hold the labels of public benchmarks (sklearn's
+    # digits are this project's default data): a candidate that can read them can look up the
+    # held-out labels from the test inputs. Cover them with an empty, read-only tmpfs.
+    for path in masked_data_dirs():
+        args.extend(["--size", "4096", "--tmpfs", path, "--remount-ro", path])
     return args
+
+
+# Package data folders that ship labelled datasets, relative to the package folder. (Downloaded
+# dataset caches, e.g. ~/.cache/huggingface or ~/scikit_learn_data, are never mounted at all.)
+MASKED_PACKAGE_DATA = {"sklearn": ("datasets/data", "datasets/descr", "datasets/images")}
+
+
+def masked_data_dirs() -> list[str]:
+    """Existing folders of MASKED_PACKAGE_DATA for this interpreter (found without importing)."""
+    import importlib.util
+
+    found = []
+    for package, subdirs in MASKED_PACKAGE_DATA.items():
+        try:
+            spec = importlib.util.find_spec(package)
+        except (ImportError, ValueError):
+            continue
+        for loc in (spec.submodule_search_locations or []) if spec else []:
+            for sub in subdirs:
+                path = os.path.realpath(os.path.join(loc, sub))
+                if os.path.isdir(path):
+                    found.append(path)
+    return sorted(set(found))
 
 
 def _python_sandbox_env(extra: dict[str, str]) -> dict[str, str]:
@@ -270,13 +302,19 @@ def build_command(argv: list[str], mounts: list[Mount], *, isolation: str, limit
                "--clearenv", "--hostname", "sandbox", "--cap-drop", "ALL"]
         cmd += _runtime_mounts()
         cmd += ["--proc", "/proc", "--dev", "/dev", "--size", str(limits.tmp_bytes), "--tmpfs", "/tmp"]
+        # The sandbox's root is the host's root with capabilities dropped, and sysctls check only the
+        # file mode: bwrap does not always cover /proc/sys, so cover it (and its kin) read-only here.
+        for sub in PROC_READ_ONLY:
+            cmd += ["--ro-bind-try", f"/proc/{sub}", f"/proc/{sub}"]
         for dev in devices:
             cmd += ["--dev-bind", dev, dev]
         for m in mounts:
             cmd += ["--bind" if m.writable else "--ro-bind", str(m.host), m.inside]
         for key, value in full_env.items():
             cmd += ["--setenv", key, value]
-        cmd += ["--chdir", cwd, "--"]
+        # The sandbox's own root is a tmpfs; make it read-only so that only the size-capped /tmp
+        # and the named writable mounts take writes.
+        cmd += ["--remount-ro", "/", "--chdir", cwd, "--"]
         return cmd + argv, {}, None
     # No isolation: translate the inside paths back to host paths.
     mapping = sorted(((m.inside, str(m.host)) for m in mounts), key=lambda kv: -len(kv[0]))

@@ -7,10 +7,12 @@ the trusted scorer on the driver parses and scores them. Nothing here reads labe
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -75,6 +77,7 @@ class TrialOutput:
     log_tail: str = ""
     peak_memory_bytes: int | None = None
     notes: list[str] = field(default_factory=list)
+    device: str = ""  # where it ran, e.g. "cpu" or "cuda:1" (the host's index of the one visible GPU)
 
     def summary(self) -> dict:
         d = asdict(self)
@@ -107,6 +110,40 @@ def tree_hash(path: str | Path) -> str:
                         h.update(block)
             h.update(b"\0")
     return h.hexdigest()
+
+
+def read_output_file(path: Path, limit: int) -> bytes | None:
+    """Read a file the sandbox wrote, or None when it is not a plain file (a symlink to a host
+    file, a FIFO that would block us forever, a device) or is larger than ``limit`` bytes."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(limit + 1)
+        return data if len(data) <= limit else None
+    finally:
+        os.close(fd)
+
+
+HOST_MIN_FREE_BYTES = 32 * 1024**2
+
+
+def _raise_if_host_disk_full(work: Path) -> None:
+    """A trial that crashed while the host's disk was (nearly) full says nothing about the
+    candidate: raise ENOSPC so the run stops with a storage error and resume re-runs the trial."""
+    try:
+        free = shutil.disk_usage(work).free
+    except OSError:
+        return
+    if free < HOST_MIN_FREE_BYTES:
+        shutil.rmtree(work, ignore_errors=True)
+        raise OSError(errno.ENOSPC, f"no space left on the disk of {work} ({free} bytes free); the trial's crash "
+                                    "is not the candidate's fault. Free some space and resume the run")
 
 
 def _python() -> str:
@@ -152,6 +189,9 @@ def run_trial(req: TrialRequest) -> TrialOutput:
     env.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     config_json = json.dumps(req.config, sort_keys=True)
     output = TrialOutput(seed=req.seed, status=TrialStatus.OK, detail="", isolation=req.isolation)
+    visible = env.get("CUDA_VISIBLE_DEVICES", "")
+    output.device = f"cuda:{visible}" if str(req.config.get("device", "cpu")).startswith("cuda") and visible else \
+        str(req.config.get("device", "cpu"))
 
     # The sandbox's /tmp is a tmpfs under bubblewrap; without it, give each phase a private host dir.
     def phase_env(name: str) -> dict[str, str]:
@@ -161,6 +201,13 @@ def run_trial(req: TrialRequest) -> TrialOutput:
             tmp.mkdir(exist_ok=True)
             e["TMPDIR"] = str(tmp)
         return e
+
+    def scratch(name: str) -> list[Mount]:
+        # Without bubblewrap the private TMPDIR is a host folder: the output watchdog caps it too.
+        if req.isolation == "bubblewrap":
+            return []
+        tmp = work / f"{name}_tmp"
+        return [Mount(host=tmp, inside=str(tmp), writable=True)]
 
     def limits(seconds: float) -> Limits:
         return Limits(wall_seconds=seconds + req.grace_seconds, cpu_seconds=int(4 * (seconds + req.grace_seconds)) + 30,
@@ -173,7 +220,7 @@ def run_trial(req: TrialRequest) -> TrialOutput:
         [_python(), "-I", "-B", "/sandbox/harness/run_train.py", "--repo", "/sandbox/repo", "--data", "/sandbox/data",
          "--out", "/sandbox/out", "--seed", str(req.seed), "--config", config_json],
         mounts=common + [Mount(host=Path(req.train_data), inside="/sandbox/data"),
-                         Mount(host=train_out, inside="/sandbox/out", writable=True)],
+                         Mount(host=train_out, inside="/sandbox/out", writable=True)] + scratch("train"),
         limits=limits(req.train_seconds), isolation=req.isolation, env=phase_env("train"), cwd="/sandbox/repo",
         devices=req.devices)
     output.train = PhaseTiming(start=train_res.start_seconds, run=train_res.wall_seconds)
@@ -181,19 +228,21 @@ def run_trial(req: TrialRequest) -> TrialOutput:
     output.peak_memory_bytes = train_res.peak_memory_bytes
     output.notes.extend(train_res.notes)
     failure = _classify(train_res, "train")
-    if failure is None and not (train_out / "checkpoint.pt").is_file():
-        failure = (TrialStatus.CRASH, "train phase wrote no checkpoint")
+    ckpt = train_out / "checkpoint.pt"
+    if failure is None and (ckpt.is_symlink() or not ckpt.is_file()):
+        failure = (TrialStatus.CRASH, "train phase wrote no checkpoint (or not as a plain file)")
     if failure is None:
         try:
-            output.train_report = json.loads((train_out / "train_report.json").read_text()[:10000])
-        except (OSError, ValueError):
+            report = json.loads(read_output_file(train_out / "train_report.json", 10000) or b"{}")
+            output.train_report = report if isinstance(report, dict) else {}
+        except ValueError:
             output.train_report = {}
         pred_res = run_sandboxed(
             [_python(), "-I", "-B", "/sandbox/harness/run_predict.py", "--repo", "/sandbox/repo", "--data",
              "/sandbox/data", "--checkpoint", "/sandbox/ckpt", "--out", "/sandbox/out", "--config", config_json],
             mounts=common + [Mount(host=Path(req.predict_data), inside="/sandbox/data"),
                              Mount(host=train_out, inside="/sandbox/ckpt"),
-                             Mount(host=predict_out, inside="/sandbox/out", writable=True)],
+                             Mount(host=predict_out, inside="/sandbox/out", writable=True)] + scratch("predict"),
             limits=limits(req.predict_seconds), isolation=req.isolation, env=phase_env("predict"),
             cwd="/sandbox/repo", devices=req.devices)
         output.predict = PhaseTiming(start=pred_res.start_seconds, run=pred_res.wall_seconds)
@@ -211,8 +260,14 @@ def run_trial(req: TrialRequest) -> TrialOutput:
                     failure = (TrialStatus.CRASH, f"predictions for {split} are {size} bytes, over the cap of "
                                                   f"{req.max_prediction_bytes}")
                     break
-                output.predictions[split] = path.read_bytes()
+                raw = read_output_file(path, req.max_prediction_bytes)
+                if raw is None:
+                    failure = (TrialStatus.CRASH, f"predictions for {split} are not a plain file within the cap")
+                    break
+                output.predictions[split] = raw
 
+    if failure is not None and failure[0] == TrialStatus.CRASH:
+        _raise_if_host_disk_full(work)
     after = {name: tree_hash(p) for name, p in protected.items()}
     changed = [name for name in protected if before[name] != after[name]]
     if changed:

@@ -14,9 +14,9 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 # torch first and pinned: unpinned, pip would pull a multi-GB CUDA build on machines that have a CPU wheel.
 .venv/bin/pip install -q "torch==2.13.0"
 if [ -n "${AUTORESEARCH_NO_LLM:-}" ]; then
-  .venv/bin/pip install -q -e ".[test]"
+  .venv/bin/pip install -q -e ".[test,hub,ray]"
 else
-  .venv/bin/pip install -q -e ".[test,llm]"
+  .venv/bin/pip install -q -e ".[test,llm,hub,ray]"
   # On machines without the Hugging Face hub, this environment ships a fetcher that puts the
   # default model in autoresearch's cache; elsewhere the first `autoresearch run --idea` downloads it.
   fetch=../shared/tools/fetch-local-llm.sh

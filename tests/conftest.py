@@ -44,7 +44,7 @@ def copy_benchmark(dest: Path, name: str = "digits-mlp", **budget_overrides) -> 
 @pytest.fixture(scope="session")
 def fast_bench(tmp_path_factory) -> Path:
     """digits-mlp with short wall-clock budgets so that timeouts are quick to reach."""
-    return copy_benchmark(tmp_path_factory.mktemp("bench") / "digits-fast", train_seconds=8, predict_seconds=8,
+    return copy_benchmark(tmp_path_factory.mktemp("bench") / "digits-fast", train_seconds=15, predict_seconds=15,
                           grace_seconds=10)
 
 

@@ -1,0 +1,38 @@
+"""The built wheel installs under one namespace and runs `autoresearch --help` outside the repo."""
+
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+from conftest import REPO_ROOT
+
+
+def test_wheel_installs_and_runs_outside_the_repo(tmp_path):
+    dist = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(REPO_ROOT)],
+                   check=True, cwd=tmp_path, timeout=600)
+    wheel = next(dist.glob("autoresearch_gate-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
+    assert tops == {"autoresearch"}, tops  # nothing named agent/, sandbox/ ... at the top of site-packages
+    for needed in ["autoresearch/agent/proposal.py", "autoresearch/sandbox/isolation.py",
+                   "autoresearch/baselines/digits-mlp/spec.toml", "autoresearch/baselines/digits-mlp/harness/run_train.py",
+                   "autoresearch/baselines/digits-mlp/repo/optim.py"]:
+        assert needed in names, needed
+
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    pip = env_dir / "bin" / "pip"
+    # Only what `--help` needs; the heavy runtime dependencies are exercised by the rest of the suite.
+    subprocess.run([str(pip), "install", "-q", "--no-deps", str(wheel)], check=True, timeout=600)
+    subprocess.run([str(pip), "install", "-q", "click", "rich"], check=True, timeout=600)
+    out = subprocess.run([str(env_dir / "bin" / "autoresearch"), "--help"], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "autoresearch" in out.stdout and "run" in out.stdout and "replay" in out.stdout
+    where = subprocess.run([str(env_dir / "bin" / "python"), "-c",
+                            "import autoresearch.agent.proposal as p, autoresearch; print(p.__file__)"],
+                           capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert str(env_dir) in where.stdout and str(REPO_ROOT) not in where.stdout

@@ -1,0 +1,140 @@
+"""End to end through the CLI: a proposals file with a real improvement, a cosmetic change, and
+each failure mode; then show --json, the reports, the git records and replay --verify."""
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import git
+import pytest
+
+from conftest import ADAM, AUTORESEARCH, COMMENT_ONLY, proposal_line
+
+CASES = [
+    ("Adam optimizer", ADAM, "accepted"),
+    ("Add a comment", COMMENT_ONLY, "not_better"),
+    ("not json", "{this is not json", "invalid_proposal"),
+    ("Edit the harness", proposal_line("Edit the harness", [{"path": "../harness/run_train.py", "search": "",
+                                                              "replace": "print('owned')"}]), "not_editable"),
+    ("Edit the spec", proposal_line("Edit the spec", [{"path": "spec.toml", "search": "", "replace": "x=1"}]),
+     "not_editable"),
+    ("Missing search", proposal_line("Missing search", [{"path": "optim.py", "search": "lr=0.5",
+                                                         "replace": "lr=0.1"}]), "apply_failed"),
+    ("Crash", proposal_line("Crash", [{"path": "train.py", "search": "    loss_fn = nn.CrossEntropyLoss()",
+                                       "replace": "    raise RuntimeError('boom')"}]), "crash"),
+    ("Loop forever", proposal_line("Loop forever", [{"path": "train.py", "search": "    loss_fn = nn.CrossEntropyLoss()",
+                                                     "replace": "    while True:\n        pass"}]), "timeout"),
+    ("NaN loss", proposal_line("NaN loss", [{"path": "train.py", "search": "loss = loss_fn(model(x[idx]), y[idx])",
+                                             "replace": "loss = loss_fn(model(x[idx]), y[idx]) * float('nan')"}]),
+     "nonfinite"),
+]
+
+
+def cli(*args, timeout=900, check=True):
+    proc = subprocess.run([AUTORESEARCH, *args], capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"autoresearch {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, fast_bench):
+    root = tmp_path_factory.mktemp("e2e")
+    pfile = root / "proposals.jsonl"
+    pfile.write_text("\n".join(line for _, line, _ in CASES) + "\n")
+    runs = root / "runs"
+    started = time.monotonic()
+    cli("run", "--benchmark", str(fast_bench), "--proposals-file", str(pfile), "--runs-dir", str(runs), "--slots", "2")
+    elapsed = time.monotonic() - started
+    run_dir = next(runs.iterdir())
+    summary = json.loads(cli("show", str(run_dir), "--json").stdout)
+    return run_dir, summary, elapsed
+
+
+def test_each_proposal_gets_the_right_decision(finished_run):
+    _, summary, _ = finished_run
+    got = [(p["title"], p["reason"]) for p in summary["proposals"]]
+    assert [r for _, r in got] == [reason for _, _, reason in CASES], got
+    assert [p["decision"] for p in summary["proposals"]] == ["accepted"] + ["rejected"] * (len(CASES) - 1)
+    assert summary["benchmark"] == "digits-fast" or summary["benchmark"] == "digits-mlp"
+    assert summary["run_id"] == finished_run[0].name
+
+
+def test_timeout_is_caught_within_budget_plus_grace(finished_run):
+    _, summary, _ = finished_run
+    loop = next(p for p in summary["proposals"] if p["title"] == "Loop forever")
+    seconds = float(loop["detail"].split("after ")[1].rstrip("s"))
+    assert seconds <= 15 + 10 + 3, loop["detail"]
+
+
+def test_headline_is_reverified_on_fresh_seeds(finished_run):
+    _, summary, _ = finished_run
+    h = summary["headline"]
+    assert h["verified"] and h["holds"] and h["seeds"] == [1001, 1002, 1003, 1004, 1005]
+    assert h["final_mean"] > h["baseline_mean"] + 0.1
+
+
+def test_reports_are_self_contained(finished_run):
+    run_dir, summary, _ = finished_run
+    reports = sorted((run_dir / "reports").glob("*.md"))
+    assert len(reports) == len(CASES)
+    adam = (run_dir / "reports" / "001-adam-optimizer.md").read_text()
+    for needle in ["```diff", "-    optimizer = torch.optim.SGD(params, lr=0.01)", "+    optimizer = torch.optim.Adam",
+                   "| seed |", "95% confidence interval", "p-value", "alpha/m", "Decision: ACCEPTED", "fingerprints",
+                   "isolation: **", "versions:", "torch", "autoresearch replay"]:
+        assert needle in adam, needle
+    crash = next(r for r in reports if "crash" in r.name).read_text()
+    assert "RuntimeError: boom" in crash and "reason: `crash`" in crash
+    summary_md = (run_dir / "REPORT.md").read_text()
+    assert "Headline (re-verified on fresh seeds)" in summary_md and (run_dir / "summary.png").stat().st_size > 1000
+
+
+def test_git_records(finished_run):
+    run_dir, summary, _ = finished_run
+    repo = git.Repo(run_dir / "repo")
+    refs = sorted(r.path for r in repo.refs if r.path.startswith("refs/proposals/"))
+    assert refs == [f"refs/proposals/{i:03d}" for i in range(1, len(CASES) + 1)]
+    chain = list(repo.iter_commits("baseline..accepted"))
+    assert [c.summary for c in chain] == ["Adam optimizer"]
+    assert "Autoresearch-Decision: accepted" in chain[0].message
+    # Rejected proposals hang off the incumbent of their time, never on the accepted branch.
+    rejected = repo.commit("refs/proposals/002")
+    assert rejected.parents[0].hexsha == chain[0].hexsha and "Autoresearch-Reason: not_better" in rejected.message
+    assert repo.commit("refs/proposals/001").parents[0].hexsha == repo.tags["baseline"].commit.hexsha
+
+
+def test_ledger_holds_matched_trials(finished_run):
+    import sqlite3
+
+    run_dir, _, _ = finished_run
+    db = sqlite3.connect(run_dir / "ledger.sqlite")
+    rows = db.execute("SELECT role, seed, summary_json FROM trials WHERE status = 'ok'").fetchall()
+    fps = {json.dumps(json.loads(s)["fingerprints"], sort_keys=True) for _, _, s in rows}
+    assert len(fps) == 1
+    inc = sorted(seed for role, seed, _ in rows if role == "incumbent")
+    # Incumbent runs are cached by seed: the baseline's 5 and the accepted Adam's 5 (as incumbent), no more.
+    assert inc.count(1) <= 2 and len(inc) <= 10
+    migrations = [r[0] for r in db.execute("SELECT name FROM _migrations")]
+    assert migrations[0] == "001_initial"
+
+
+def test_replay_verify_reproduces_the_gain(finished_run, tmp_path):
+    run_dir, _, _ = finished_run
+    onto = tmp_path / "replayed"
+    proc = cli("replay", str(run_dir), "--onto", str(onto), "--verify")
+    assert "replayed 1 accepted commit(s)" in proc.stdout
+    assert "matches the run's accepted tip" in proc.stdout
+    assert "verification:" in proc.stdout and "wins 100%" in proc.stdout.replace("\n", " ")
+    replayed = git.Repo(onto)
+    assert [c.summary for c in replayed.iter_commits("HEAD~1..HEAD")] == ["Adam optimizer"]
+    assert "torch.optim.Adam" in (onto / "optim.py").read_text()
+
+
+def test_list_and_benchmarks(finished_run):
+    run_dir, _, _ = finished_run
+    out = cli("list", "--runs-dir", str(run_dir.parent)).stdout
+    assert run_dir.name[:15] in out
+    items = json.loads(cli("benchmarks", "--json").stdout)
+    digits = next(i for i in items if i["name"] == "digits-mlp")
+    assert all(Path(p).is_absolute() and Path(p).is_file() for p in digits["editable"])
