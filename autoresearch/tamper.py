@@ -1,0 +1,119 @@
+"""Static tamper check of a proposal's changed files, run on the trusted side before any trial.
+
+The sandbox is the real defence: it decides what candidate code can reach. This check adds
+the rules the sandbox cannot see, because they happen inside the candidate's own process:
+the seed and the budget are part of the experiment's definition, so code that reseeds a global
+generator, patches a clock, or rewrites a module the harness relies on has changed the
+experiment, not the method. Such a proposal ends ``tampered`` without being trained.
+
+It reads the source with ``ast`` only (never imports or runs it). It is a tripwire for the
+plain spellings, not a proof: ``getattr(__import__("ra" + "ndom"), "seed")`` gets past it.
+The harness re-checks the torch seed at run time, and SECURITY.md says what stays open.
+"""
+
+from __future__ import annotations
+
+import ast
+
+from autoresearch.agent.proposal import ProposalRejected
+
+# Calls that reseed or replace the state of a global random generator.
+RESEED_CALLS = {"seed", "manual_seed", "manual_seed_all", "set_rng_state", "setstate", "set_state",
+                "seed_all", "set_seed"}
+# Calls that change the compute budget the harness set (threads per trial).
+BUDGET_CALLS = {"set_num_threads", "set_num_interop_threads"}
+# Modules whose attributes the harness (or the clock it is timed by) relies on.
+GUARDED_MODULES = {"time", "random", "np", "numpy", "torch", "sys", "os", "builtins", "__builtins__", "__main__",
+                   "importlib", "gc", "signal", "resource", "math", "json", "argparse"}
+# Names whose import is only useful to reach the harness, the host or the process table.
+FORBIDDEN_IMPORTS = {"__main__", "ctypes", "socket", "ptrace", "multiprocessing.shared_memory", "_thread"}
+# Direct calls that rewrite a module's attributes or reach around the import system.
+FORBIDDEN_CALLS = {"setattr", "delattr"}
+
+
+class Tampered(ProposalRejected):
+    reason = "tampered"
+
+
+def _dotted(node: ast.AST) -> str | None:
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+        return ".".join(reversed(parts))
+    if isinstance(node, ast.Call):  # e.g. torch.Generator().manual_seed: a private generator is fine
+        return None
+    return None
+
+
+def _root(name: str | None) -> str | None:
+    return name.split(".")[0] if name else None
+
+
+def findings(path: str, source: str) -> list[str]:
+    """Rule violations in one Python file, as human-readable lines (empty: clean)."""
+    try:
+        tree = ast.parse(source, filename=path)
+    except SyntaxError:
+        return []  # not our business: it will crash in the sandbox and end `crash`
+    except (ValueError, RecursionError, MemoryError) as exc:
+        return [f"{path}: source cannot be parsed safely ({type(exc).__name__})"]
+    found: list[str] = []
+    for node in ast.walk(tree):
+        where = f"{path}:{getattr(node, 'lineno', '?')}"
+        if isinstance(node, ast.Call):
+            func = node.func
+            name = _dotted(func)
+            if isinstance(func, ast.Attribute) and func.attr in BUDGET_CALLS and \
+                    _root(_dotted(func.value)) in GUARDED_MODULES:
+                found.append(f"{where}: {name}() changes the CPU thread budget the harness set")
+            elif isinstance(func, ast.Attribute) and func.attr in RESEED_CALLS:
+                owner = _dotted(func.value)
+                # torch.Generator().manual_seed(...) or gen.manual_seed(...) on a local generator is allowed;
+                # reseeding a module-level generator is not.
+                if owner is not None and _root(owner) in GUARDED_MODULES | {"cuda", "default_generator"}:
+                    found.append(f"{where}: reseeds a global random generator ({name}); the seed is set by the harness")
+            elif isinstance(func, ast.Name) and func.id in FORBIDDEN_CALLS and node.args:
+                target = _dotted(node.args[0])
+                if _root(target) in GUARDED_MODULES:
+                    found.append(f"{where}: {func.id}() on module {target} patches what the harness relies on")
+            elif isinstance(func, ast.Name) and func.id == "__import__" and node.args and \
+                    isinstance(node.args[0], ast.Constant) and node.args[0].value in FORBIDDEN_IMPORTS:
+                found.append(f"{where}: imports {node.args[0].value}")
+        elif isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
+            targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
+            for t in targets:
+                for sub in ast.walk(t):
+                    if isinstance(sub, ast.Attribute):
+                        owner = _dotted(sub.value)
+                        if _root(owner) in GUARDED_MODULES:
+                            found.append(f"{where}: assigns {owner}.{sub.attr}, patching a module the harness "
+                                         "or its clock relies on")
+                    elif isinstance(sub, ast.Subscript):
+                        owner = _dotted(sub.value)
+                        if owner in ("sys.modules", "os.environ", "__builtins__", "builtins.__dict__"):
+                            found.append(f"{where}: rewrites {owner}[...]")
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            for n in names:
+                if n in FORBIDDEN_IMPORTS or n.split(".")[0] in {"ctypes", "socket", "__main__"}:
+                    found.append(f"{where}: imports {n}, which only serves to reach the harness, host or network")
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in GUARDED_MODULES:
+                for a in node.names:
+                    if a.name in RESEED_CALLS:
+                        found.append(f"{where}: imports {node.module}.{a.name}")
+    return found
+
+
+def check_change(old: dict[str, str], new: dict[str, str]) -> None:
+    """Raise Tampered if a changed or added Python file breaks the rules above."""
+    problems: list[str] = []
+    for path in sorted(new):
+        if old.get(path) == new[path] or not path.endswith(".py"):
+            continue
+        problems.extend(findings(path, new[path]))
+    if problems:
+        shown = problems[:5] + ([f"... and {len(problems) - 5} more"] if len(problems) > 5 else [])
+        raise Tampered("static tamper check: " + "; ".join(shown))
