@@ -15,7 +15,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from autoresearch.datasets import DataMismatch, Split, fingerprint_split, load_pool, permutation_split, write_split_files
+from autoresearch.datasets import (DataMismatch, Split, assign_source_splits, fingerprint_split, is_pinned, load_pool,
+                                   permutation_split, write_split_files)
 
 
 class BenchmarkError(ValueError):
@@ -177,8 +178,22 @@ class PreparedData:
 
 
 def materialise_splits(spec: BenchmarkSpec) -> dict[str, Split]:
-    x, y = load_pool(spec.data.source, spec.data.options)
+    pool = load_pool(spec.data.source, spec.data.options)
+    if isinstance(pool, dict):  # a source with its own splits (a hub dataset's train/test): options.splits maps them
+        return assign_source_splits(pool, dict(spec.data.options.get("splits", {})), seed=spec.data.split_seed,
+                                    sizes=spec.data.sizes)
+    x, y = pool
     return permutation_split(x, y, seed=spec.data.split_seed, sizes=spec.data.sizes)
+
+
+def require_pins(spec: BenchmarkSpec) -> None:
+    """Refuse, before any download, a spec whose fingerprints are not all pinned sha256 digests."""
+    unpinned = sorted(k for k in spec.data.sizes if not is_pinned(spec.data.fingerprints.get(k, "")))
+    if unpinned:
+        raise DataMismatch(
+            f"benchmark {spec.name}: split(s) {unpinned} have no pinned fingerprint in spec.toml, so there is nothing "
+            "to check the data against; refusing to run. Pin them once on a machine that has the data: "
+            f"`autoresearch init-benchmark DEST --from {spec.name} [--revision SHA]` writes a copy with computed pins.")
 
 
 def check_fingerprints(spec: BenchmarkSpec, splits: dict[str, Split]) -> dict[str, str]:
@@ -196,6 +211,7 @@ def check_fingerprints(spec: BenchmarkSpec, splits: dict[str, Split]) -> dict[st
 
 def prepare_data(bench: Benchmark, dest: Path) -> PreparedData:
     """Materialise the splits under dest, refusing data whose fingerprints differ from the spec's pins."""
+    require_pins(bench.spec)
     splits = materialise_splits(bench.spec)
     fingerprints = check_fingerprints(bench.spec, splits)
     public, labels = dest / "public", dest / "labels"

