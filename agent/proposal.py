@@ -82,6 +82,14 @@ class Proposal:
         return hashlib.sha256(json.dumps([asdict(e) for e in self.edits], sort_keys=True).encode()).hexdigest()
 
 
+def _check_text(value: str, what: str) -> None:
+    """Lone surrogates (from JSON escapes like \\ud800) cannot be written to git, SQLite or reports."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidProposal(f"{what} is not valid Unicode text (lone surrogate)") from None
+
+
 def proposal_from_object(obj: object) -> Proposal:
     if not isinstance(obj, dict):
         raise InvalidProposal(f"a proposal must be a JSON object, got {type(obj).__name__}")
@@ -93,6 +101,8 @@ def proposal_from_object(obj: object) -> Proposal:
         raise InvalidProposal("missing or empty 'title'")
     if not isinstance(hypothesis, str):
         raise InvalidProposal("'hypothesis' must be a string")
+    _check_text(title, "'title'")
+    _check_text(hypothesis, "'hypothesis'")
     if not isinstance(edits, list):
         raise InvalidProposal("'edits' must be a list")
     if not edits:
@@ -111,6 +121,8 @@ def proposal_from_object(obj: object) -> Proposal:
             raise InvalidProposal(f"edit {i}: path, search and replace must all be strings")
         if len(search) > MAX_TEXT_CHARS or len(replace) > MAX_TEXT_CHARS:
             raise InvalidProposal(f"edit {i} is larger than {MAX_TEXT_CHARS} characters")
+        for value, what in ((path, "path"), (search, "search"), (replace, "replace")):
+            _check_text(value, f"edit {i}: {what}")
         parsed.append(Edit(path=path, search=search, replace=replace))
     return Proposal(title=title.strip()[:MAX_TITLE_CHARS], hypothesis=hypothesis.strip()[:MAX_HYPOTHESIS_CHARS],
                     edits=tuple(parsed))

@@ -49,7 +49,8 @@ def _guard(fn):
         except IsolationUnavailable as exc:
             _fail(str(exc), EXIT_ISOLATION)
         except OSError as exc:
-            if exc.errno in (28, 30, 13):  # ENOSPC, EROFS, EACCES
+            # ENOSPC, EROFS, EACCES, EDQUOT; errno None: a short write (numpy's tofile on a full disk)
+            if exc.errno in (28, 30, 13, 122) or exc.errno is None:
                 _fail(f"storage error: {exc}", EXIT_STORAGE)
             raise
         except _LLMError as exc:

@@ -25,6 +25,8 @@ BUDGET_CALLS = {"set_num_threads", "set_num_interop_threads"}
 # Modules whose attributes the harness (or the clock it is timed by) relies on.
 GUARDED_MODULES = {"time", "random", "np", "numpy", "torch", "sys", "os", "builtins", "__builtins__", "__main__",
                    "importlib", "gc", "signal", "resource", "math", "json", "argparse"}
+GUARDED_SUBMODULES = {"torch.random", "torch.cuda", "torch.Tensor", "torch.Generator", "np.random", "numpy.random",
+                      "torch.nn.functional", "os.path", "sys.modules"}
 # Names whose import is only useful to reach the harness, the host or the process table.
 FORBIDDEN_IMPORTS = {"__main__", "ctypes", "socket", "ptrace", "multiprocessing.shared_memory", "_thread"}
 # Direct calls that rewrite a module's attributes or reach around the import system.
@@ -50,6 +52,15 @@ def _dotted(node: ast.AST) -> str | None:
 
 def _root(name: str | None) -> str | None:
     return name.split(".")[0] if name else None
+
+
+def _flat_targets(node: ast.AST) -> list[ast.AST]:
+    """The assigned places of a target: a, b = ... gives both; x.y.z = ... gives x.y.z only."""
+    if isinstance(node, (ast.Tuple, ast.List)):
+        return [leaf for elt in node.elts for leaf in _flat_targets(elt)]
+    if isinstance(node, ast.Starred):
+        return _flat_targets(node.value)
+    return [node]
 
 
 def findings(path: str, source: str) -> list[str]:
@@ -82,13 +93,17 @@ def findings(path: str, source: str) -> list[str]:
             elif isinstance(func, ast.Name) and func.id == "__import__" and node.args and \
                     isinstance(node.args[0], ast.Constant) and node.args[0].value in FORBIDDEN_IMPORTS:
                 found.append(f"{where}: imports {node.args[0].value}")
+        elif isinstance(node, ast.Attribute) and _dotted(node) in ("sys.modules", "__builtins__.__dict__"):
+            found.append(f"{where}: reaches into {_dotted(node)}, where the harness's own modules live")
         elif isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
             targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
             for t in targets:
-                for sub in ast.walk(t):
+                for sub in _flat_targets(t):
                     if isinstance(sub, ast.Attribute):
                         owner = _dotted(sub.value)
-                        if _root(owner) in GUARDED_MODULES:
+                        # torch.time = ..., time.perf_counter = ..., np.random.seed = ... are patches;
+                        # settings such as torch.backends.cudnn.benchmark = True are not.
+                        if owner in GUARDED_MODULES or owner in GUARDED_SUBMODULES:
                             found.append(f"{where}: assigns {owner}.{sub.attr}, patching a module the harness "
                                          "or its clock relies on")
                     elif isinstance(sub, ast.Subscript):

@@ -33,6 +33,10 @@ def main() -> int:
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    # Bound before any candidate code is imported, so that patching torch.initial_seed (or the
+    # torch.random module) later cannot hide a reseed: this reads the C generator itself.
+    default_generator = torch.default_generator
+    generator_seed = torch._C.Generator.initial_seed
     device = torch.device(config.get("device", "cpu"))
 
     sys.path.insert(0, args.repo)
@@ -51,9 +55,9 @@ def main() -> int:
 
     # The seed is part of the experiment's definition; code that reseeds the global generator
     # has changed the experiment, not improved the method.
-    if torch.initial_seed() != args.seed:
-        print(f"harness: torch seed changed from {args.seed} to {torch.initial_seed()}", file=sys.stderr)
-        return EXIT_TAMPERED
+    if generator_seed(default_generator) != args.seed:
+        print(f"harness: torch seed changed from {args.seed} to {generator_seed(default_generator)}", file=sys.stderr)
+        return 4  # EXIT_TAMPERED, as a literal: candidate code can rebind this module's globals
 
     final_loss = info.get("final_loss") if isinstance(info, dict) else None
     state = net.state_dict()

@@ -1,0 +1,272 @@
+"""Integration tier: the real `openai` client against a scripted OpenAI-compatible server on
+127.0.0.1 (valid, malformed, no edits, protected file, slow past the timeout, 500, a server that
+rejects response_format), the embedded server's model download against a local HTTP server, and
+a real `autoresearch run --idea` killed with SIGKILL mid-trial and resumed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import threading
+import time
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import git
+import pytest
+
+from agent_fakes import (ADAM_REPLY, MALFORMED_REPLY, MOMENTUM_REPLY, NO_EDITS_REPLY, PROTECTED_REPLY,
+                         ScriptedServer)
+from autoresearch.agent import local_llm
+from autoresearch.agent.llm import LLMClient, LLMUnavailable, estimate_cost
+from autoresearch.agent.loop import open_llm_session
+from autoresearch.config import RunConfig
+from conftest import AUTORESEARCH, copy_benchmark
+
+MESSAGES = [{"role": "user", "content": "propose"}]
+
+
+def _client(server: ScriptedServer, **kw) -> LLMClient:
+    kw.setdefault("timeout", 10)
+    kw.setdefault("backoff_seconds", 0.01)
+    client = LLMClient(base_url=server.base_url, **kw)
+    client.check()
+    return client
+
+
+def _log():
+    calls: list[dict] = []
+    return calls, lambda **fields: calls.append(fields)
+
+
+def test_valid_reply_json_mode_and_logging():
+    with ScriptedServer([ADAM_REPLY]) as server:
+        client = _client(server)
+        assert client.model == "scripted-model"
+        calls, log = _log()
+        reply = client.complete(MESSAGES, log=log)
+    assert reply.text == ADAM_REPLY and reply.prompt_tokens == 321 and reply.completion_tokens == 45
+    body = server.requests[0]
+    assert body["response_format"]["type"] == "json_object" and "edits" in body["response_format"]["schema"]["properties"]
+    assert len(calls) == 1 and calls[0]["error"] is None and calls[0]["cost_usd"] == 0.0
+    assert json.loads(calls[0]["messages_json"]) == MESSAGES and calls[0]["model"] == "scripted-model"
+
+
+def test_500_is_retried_with_backoff_then_succeeds():
+    with ScriptedServer([("status", 500), ADAM_REPLY]) as server:
+        calls, log = _log()
+        reply = _client(server).complete(MESSAGES, log=log)
+    assert reply.text == ADAM_REPLY and len(calls) == 2
+    assert "InternalServerError" in calls[0]["error"] and calls[0]["reply"] is None and calls[1]["error"] is None
+
+
+def test_persistent_500_is_a_clear_error_after_bounded_attempts():
+    with ScriptedServer([("status", 500)] * 5) as server:
+        calls, log = _log()
+        with pytest.raises(LLMUnavailable, match="failed 3 time"):
+            _client(server, max_attempts=3).complete(MESSAGES, log=log)
+    assert len(calls) == 3 and server.chat_requests == 3
+
+
+def test_slow_reply_past_the_timeout_is_retried():
+    with ScriptedServer([("sleep", 4, ADAM_REPLY), ADAM_REPLY]) as server:
+        calls, log = _log()
+        reply = _client(server, timeout=1.0).complete(MESSAGES, log=log)
+    assert reply.text == ADAM_REPLY
+    assert "Timeout" in calls[0]["error"] and calls[0]["latency_seconds"] >= 0.9 and calls[1]["error"] is None
+
+
+def test_server_rejecting_response_format_gets_plain_prompting():
+    fenced = "Here you go:\n```json\n" + MOMENTUM_REPLY + "\n```\n"
+    with ScriptedServer([("no_response_format", fenced)] * 3) as server:
+        client = _client(server)
+        calls, log = _log()
+        first = client.complete(MESSAGES, log=log)
+        second = client.complete(MESSAGES, log=log)
+    assert first.text == fenced and second.text == fenced and client.json_mode is False
+    assert "response_format" in server.requests[0]
+    assert "response_format" not in server.requests[1] and "response_format" not in server.requests[2]
+    assert "400" in calls[0]["error"] and len(calls) == 3
+
+
+def test_unreachable_endpoint_fails_before_training(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/v1"
+    with pytest.raises(LLMUnavailable, match="cannot reach the LLM endpoint"):
+        open_llm_session(RunConfig(idea="x", llm_base_url=url))
+    runs = tmp_path / "runs"
+    proc = subprocess.run([AUTORESEARCH, "run", "--idea", "adaptive LR optimizer", "--llm-base-url", url,
+                           "--runs-dir", str(runs)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 6, proc.stderr
+    assert "cannot reach the LLM endpoint" in proc.stderr and not runs.exists()
+
+
+def test_cost_estimates():
+    assert estimate_cost("gpt-4o-mini", "https://api.openai.com/v1", 1_000_000, 0) == pytest.approx(0.15)
+    assert estimate_cost("anything", "http://127.0.0.1:8080/v1", 10**6, 10**6) == 0.0
+    assert estimate_cost("unknown-model", "https://example.invalid/v1", 10, 10) is None
+
+
+# --------------------------------------------------------------------------- the embedded model's file
+
+
+def test_model_download_progress_and_checksum(tmp_path, monkeypatch):
+    served = tmp_path / "srv"
+    served.mkdir()
+    payload = os.urandom(300_000)
+    (served / "model.gguf").write_bytes(payload)
+    handler = partial(SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a: None  # type: ignore[attr-defined]
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/model.gguf"
+        monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))
+        monkeypatch.delenv("AUTORESEARCH_GGUF", raising=False)
+        with pytest.raises(LLMUnavailable, match="sha256"):
+            local_llm.resolve_gguf(url=url, sha256="0" * 64, show_progress=False)
+        assert not (tmp_path / "cache" / "models" / local_llm.MODEL_FILE).exists()
+        path = local_llm.resolve_gguf(url=url, sha256=hashlib.sha256(payload).hexdigest(), show_progress=True)
+        assert path.read_bytes() == payload and path.name == local_llm.MODEL_FILE
+        assert local_llm.resolve_gguf(url="http://127.0.0.1:9/never-asked") == path  # cached now
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_missing_model_or_extra_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "empty"))
+    monkeypatch.delenv("AUTORESEARCH_GGUF", raising=False)
+    monkeypatch.delenv("AUTORESEARCH_GGUF_URL", raising=False)
+    with pytest.raises(LLMUnavailable, match="--gguf PATH or set AUTORESEARCH_GGUF"):
+        local_llm.resolve_gguf()  # HF_HUB_OFFLINE=1 (conftest): never reaches for the hub
+    with pytest.raises(LLMUnavailable, match="does not exist"):
+        local_llm.resolve_gguf(tmp_path / "nope.gguf")
+    for var in ("OPENAI_BASE_URL", "AUTORESEARCH_LLM_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(local_llm, "SERVER_MODULES", ("llama_cpp", "surely_not_installed_mod"))
+    with pytest.raises(LLMUnavailable, match=r"pip install 'autoresearch-gate\[llm\]'"):
+        open_llm_session(RunConfig(idea="x"))
+    assert "not installed" in local_llm.describe_local_llm()
+
+
+# --------------------------------------------------------------------------- whole runs through HTTP
+
+
+@pytest.fixture(scope="module")
+def tiny_bench(tmp_path_factory) -> Path:
+    return copy_benchmark(tmp_path_factory.mktemp("http-bench") / "digits-tiny", epochs=1)
+
+
+def _run_cli(*args, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([AUTORESEARCH, *map(str, args)], capture_output=True, text=True, timeout=600, **kw)
+
+
+def test_idea_run_through_http(tiny_bench, tmp_path):
+    # parse_retries defaults to 2: a proposal gets at most 3 replies.
+    script = [MALFORMED_REPLY, ADAM_REPLY] + [NO_EDITS_REPLY] * 3 + [PROTECTED_REPLY] * 3
+    runs = tmp_path / "runs"
+    with ScriptedServer(script) as server:
+        proc = _run_cli("run", "--idea", "adaptive LR optimizer", "--benchmark", tiny_bench, "--proposals", 3,
+                        "--seeds", 2, "--no-verify", "--llm-base-url", server.base_url, "--runs-dir", runs)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert server.chat_requests == 8
+    run_dir = next(runs.iterdir())
+    show = json.loads(_run_cli("show", run_dir, "--json").stdout)
+    reasons = [p["reason"] for p in show["proposals"]]
+    assert reasons[0] in ("accepted", "not_better") and reasons[1:] == ["invalid_proposal", "not_editable"]
+    assert all(Path(run_dir / p["report"]).is_file() for p in show["proposals"])
+    db = sqlite3.connect(run_dir / "ledger.sqlite")
+    calls = db.execute("SELECT proposal_idx, attempt, model, prompt_tokens, completion_tokens, cost_usd, reply "
+                       "FROM llm_calls ORDER BY id").fetchall()
+    assert [(c[0], c[1]) for c in calls] == [(1, 1), (1, 2), (2, 1), (2, 2), (2, 3), (3, 1),
+                                                (3, 2), (3, 3)]
+    assert all(c[2] == "scripted-model" and c[3] == 321 and c[4] == 45 and c[5] == 0.0 for c in calls)
+    report = (run_dir / show["proposals"][0]["report"]).read_text()
+    assert "torch.optim.Adam" in report and "2 call(s), 642 prompt + 90 completion tokens" in report
+
+
+def test_sigkill_mid_trial_then_resume(tiny_bench, tmp_path):
+    runs = tmp_path / "runs"
+    with ScriptedServer([ADAM_REPLY, MOMENTUM_REPLY], default=NO_EDITS_REPLY) as server:
+        args = ["run", "--idea", "adaptive LR optimizer", "--benchmark", tiny_bench, "--proposals", 2, "--seeds", 3,
+                "--no-verify", "--llm-base-url", server.base_url, "--runs-dir", runs]
+        proc = subprocess.Popen([AUTORESEARCH, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True)
+        ledger = None
+        before: list[tuple] = []
+        deadline = time.monotonic() + 400
+        try:
+            while time.monotonic() < deadline and proc.poll() is None:
+                found = list(runs.glob("*/ledger.sqlite")) if runs.exists() else []
+                if found:
+                    ledger = found[0]
+                    try:
+                        db = sqlite3.connect(ledger, timeout=5)
+                        before = db.execute("SELECT cache_key, created_at FROM trials WHERE role = 'candidate'")\
+                            .fetchall()
+                        db.close()
+                    except sqlite3.Error:
+                        before = []
+                    if before:  # the first candidate seed is done; the next is training now
+                        break
+                time.sleep(0.1)
+            assert before, "the run never reached a candidate trial"
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == -signal.SIGKILL
+        db = sqlite3.connect(ledger)
+        before_all = db.execute("SELECT cache_key, created_at FROM trials").fetchall()
+        assert db.execute("SELECT state FROM proposals WHERE idx = 1").fetchone()[0] != "finished"
+        db.close()
+        asked_before = server.chat_requests
+        assert asked_before == 1
+        time.sleep(1.0)  # the killed run's sandboxed child dies with it (die-with-parent / process group)
+
+        res = _run_cli("resume", ledger.parent)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        assert server.chat_requests >= 2
+
+    db = sqlite3.connect(ledger)
+    # Proposal 1's stored reply was evaluated again: no second LLM call for it.
+    assert [r[0] for r in db.execute("SELECT proposal_idx FROM llm_calls ORDER BY id")][:2] == [1, 2]
+    assert db.execute("SELECT COUNT(*) FROM llm_calls WHERE proposal_idx = 1").fetchone()[0] == 1
+    after = db.execute("SELECT cache_key, created_at FROM trials").fetchall()
+    assert set(before_all) <= set(after)  # nothing finished was lost or re-run (same rows, same times)
+    per_code_seed = db.execute("SELECT code_hash, seed, COUNT(*) FROM trials GROUP BY code_hash, seed").fetchall()
+    assert all(n == 1 for _, _, n in per_code_seed)
+    rows = db.execute("SELECT idx, state, decision, commit_sha, report_path FROM proposals ORDER BY idx").fetchall()
+    assert [r[:2] for r in rows] == [(1, "finished"), (2, "finished")]
+    cand1 = db.execute("SELECT COUNT(*) FROM trials WHERE proposal_idx = 1").fetchone()[0]
+    assert cand1 in (1, 3)  # screened out after one seed, or all three gate seeds
+    repo = git.Repo(ledger.parent / "repo")
+    for idx, _, decision, sha, report in rows:
+        assert repo.commit(f"refs/proposals/{idx:03d}").hexsha == sha
+        assert (ledger.parent / report).is_file()
+    accepted_shas = [r[3] for r in rows if r[2] == "accepted"]
+    chain = [c.hexsha for c in repo.iter_commits("accepted")][::-1][1:]  # without the baseline commit
+    assert chain == accepted_shas
+    show = json.loads(_run_cli("show", ledger.parent, "--json").stdout)
+    assert show["status"] == "finished" and len(show["proposals"]) == 2
+
+
+def test_embedded_server_that_cannot_load_its_model_is_a_clear_error(tmp_path):
+    if local_llm.missing_server_modules():
+        pytest.skip("llama-cpp-python[server] is not installed")
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"not a gguf file" * 100)
+    server = local_llm.LocalLLMServer(bad, startup_timeout=120)
+    with pytest.raises(LLMUnavailable, match="exited with code"):
+        server.start()
+    assert server.proc is None and not server.log_path.exists()  # stopped and cleaned up on failure

@@ -1,0 +1,62 @@
+"""The static tamper check: plain rule breaks end `tampered`; ordinary training code passes."""
+
+from __future__ import annotations
+
+import pytest
+
+from autoresearch.tamper import Tampered, check_change, findings
+
+FLAGGED = [
+    "import torch\ntorch.manual_seed(0)\n",
+    "import torch\ntorch.cuda.manual_seed_all(0)\n",
+    "import numpy as np\nnp.random.seed(0)\n",
+    "import random\nrandom.seed(0)\n",
+    "import random\nrandom.setstate(s)\n",
+    "import torch\ntorch.set_rng_state(s)\n",
+    "import torch\ntorch.set_num_threads(16)\n",
+    "import time\ntime.perf_counter = lambda: 0.0\n",
+    "import time\ntime.time, x = (lambda: 0), 1\n",
+    "import torch\ntorch.initial_seed = lambda: 1\n",
+    "import torch\ndel torch.isfinite\n",
+    "import torch\nsetattr(torch, 'isfinite', None)\n",
+    "import sys\nsys.modules['__main__'].EXIT_TAMPERED = 0\n",
+    "import os\nos.environ['OMP_NUM_THREADS'] = '8'\n",
+    "import __main__\n",
+    "import ctypes\n",
+    "from socket import socket\n",
+    "from torch import manual_seed\n",
+    "__import__('socket')\n",
+]
+CLEAN = [
+    "import torch\ng = torch.Generator().manual_seed(3)\n",
+    "import torch\ngen = torch.Generator()\ngen.manual_seed(3)\n",
+    "import numpy as np\nrng = np.random.default_rng(0)\n",
+    "import torch\ntorch.backends.cudnn.benchmark = True\n",
+    "import torch\nopt = torch.optim.Adam(p, lr=1e-3)\nopt.param_groups[0]['lr'] = 0.1\n",
+    "import time\nt0 = time.perf_counter()\n",
+    "def f(self):\n    self.seed = 3\n",
+    "this is not python (\n",  # a syntax error crashes in the sandbox, it is not tampering
+]
+
+
+@pytest.mark.parametrize("source", FLAGGED)
+def test_flagged(source):
+    assert findings("train.py", source), source
+
+
+@pytest.mark.parametrize("source", CLEAN)
+def test_clean(source):
+    assert findings("train.py", source) == []
+
+
+def test_only_changed_python_files_are_checked():
+    old = {"train.py": "import torch\ntorch.manual_seed(0)\n", "notes.txt": "torch.manual_seed(1)"}
+    check_change(old, dict(old, notes="x"))  # unchanged offender, non-Python file: fine
+    with pytest.raises(Tampered) as info:
+        check_change(old, dict(old, **{"optim.py": "import random\nrandom.seed(1)\n"}))
+    assert info.value.reason == "tampered" and "optim.py:2" in str(info.value)
+
+
+def test_hostile_source_does_not_raise():
+    assert isinstance(findings("x.py", "(" * 10_000), list)
+    assert isinstance(findings("x.py", "x = " + "-" * 100_000 + "1\n"), list)
