@@ -177,6 +177,27 @@ class DoesNotCompile(ProposalRejected):
     reason = "apply_failed"
 
 
+def undefined_names(source: str, path: str) -> list[str]:
+    """Names the module would look up but never defines (static analysis with pyflakes: nothing of
+    the candidate runs). Weak models often replace `optimizer = ...` and leave `optimizer` unset."""
+    from pyflakes import api, messages
+    from pyflakes.reporter import Reporter
+    import io
+
+    found: list[str] = []
+
+    class Collect(Reporter):
+        def __init__(self):
+            super().__init__(io.StringIO(), io.StringIO())
+
+        def flake(self, message):
+            if isinstance(message, messages.UndefinedName):
+                found.append(f"'{message.message_args[0]}' (line {message.lineno})")
+
+    api.check(source, path, Collect())
+    return found
+
+
 def check_reply(engine, idx: int, raw: str) -> Proposal:
     """Parse a reply and dry-run it on the incumbent; raise ProposalRejected with a reason."""
     from autoresearch.engine import files_hash
@@ -195,6 +216,11 @@ def check_reply(engine, idx: int, raw: str) -> Proposal:
             except SyntaxError as exc:
                 raise DoesNotCompile(f"{path} would not compile: {exc.msg} (line {exc.lineno}): "
                                      f"{(exc.text or '').strip()[:120]}") from None
+            undefined = undefined_names(text, path)
+            if undefined:
+                raise DoesNotCompile(f"{path} uses undefined name(s): {'; '.join(undefined[:5])}. Keep every name "
+                                     "the replaced code defined (e.g. still assign the variable you changed) or "
+                                     "import it.")
     change = files_hash(new_files)
     for row in engine.ledger.proposals(engine.run_id):
         if row["idx"] == idx or not row["edits_json"]:
