@@ -300,8 +300,11 @@ def build_command(argv: list[str], mounts: list[Mount], *, isolation: str, limit
     if isolation == "bubblewrap":
         cmd = [bubblewrap_path() or "bwrap", "--unshare-all", "--die-with-parent", "--new-session",
                "--clearenv", "--hostname", "sandbox", "--cap-drop", "ALL"]
+        # /tmp first: the Python runtime may itself live under /tmp (a CI clone's venv), and a later
+        # tmpfs would hide it.
+        cmd += ["--size", str(limits.tmp_bytes), "--tmpfs", "/tmp"]
         cmd += _runtime_mounts()
-        cmd += ["--proc", "/proc", "--dev", "/dev", "--size", str(limits.tmp_bytes), "--tmpfs", "/tmp"]
+        cmd += ["--proc", "/proc", "--dev", "/dev"]
         # The sandbox's root is the host's root with capabilities dropped, and sysctls check only the
         # file mode: bwrap does not always cover /proc/sys, so cover it (and its kin) read-only here.
         for sub in PROC_READ_ONLY:
