@@ -39,6 +39,10 @@ def main() -> int:
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
+    # Bound before any candidate code is imported, so that patching torch.initial_seed (or the
+    # torch.random module) later cannot hide a reseed: this reads the C generator itself.
+    default_generator = torch.default_generator
+    generator_seed = torch._C.Generator.initial_seed
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -65,9 +69,9 @@ def main() -> int:
 
     # The seed is part of the experiment's definition; code that reseeds the global generator
     # has changed the experiment, not improved the method.
-    if torch.initial_seed() != args.seed:
-        print(f"harness: torch seed changed from {args.seed} to {torch.initial_seed()}", file=sys.stderr)
-        return EXIT_TAMPERED
+    if generator_seed(default_generator) != args.seed:
+        print(f"harness: torch seed changed from {args.seed} to {generator_seed(default_generator)}", file=sys.stderr)
+        return 4  # EXIT_TAMPERED, as a literal: candidate code can rebind this module's globals
 
     final_loss = info.get("final_loss") if isinstance(info, dict) else None
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
