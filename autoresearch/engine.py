@@ -28,6 +28,7 @@ from autoresearch.datasets import DataMismatch
 from autoresearch.gate import GateConfig, GateResult, decide, screen_rejects
 from autoresearch.ledger import Ledger, LedgerError, dumps
 from autoresearch.records import RunRepo
+from autoresearch.sandbox.executors import pin_request
 from autoresearch.sandbox.isolation import isolation_level
 from autoresearch.sandbox.trial import TrialOutput, TrialRequest, TrialStatus, run_trial
 from autoresearch.scoring import Metric, PredictionError, score
@@ -271,21 +272,16 @@ class RunEngine:
 
     def _request(self, workspace: Path, seed: int, key: str) -> TrialRequest:
         b = self.bench.spec.budget
-        devices: tuple[str, ...] = ()
-        env: tuple[tuple[str, str], ...] = ()
-        if self.device.startswith("cuda"):
-            idx = self.device.split(":")[1] if ":" in self.device else "0"
-            devices = tuple(p for p in ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools",
-                                        f"/dev/nvidia{idx}") if os.path.exists(p))
-            env = (("CUDA_VISIBLE_DEVICES", idx),)
-        return TrialRequest(
+        req = TrialRequest(
             workspace=str(workspace), harness=str(self.bench.harness_dir), train_data=str(self.data.public_dir / "train"),
             predict_data=str(self.data.public_dir / "predict"), work_dir=str(self.run_dir / "trials" / key[:16]),
-            seed=seed, config=self._trial_config() | ({"device": "cuda:0"} if devices else {}),
+            seed=seed, config=self._trial_config(),
             train_seconds=b.train_seconds, predict_seconds=b.predict_seconds, grace_seconds=b.grace_seconds,
             memory_bytes=b.memory_mb * 1024**2, max_processes=b.max_processes,
             max_prediction_bytes=b.max_prediction_mb * 1024**2, isolation=self.isolation,
-            protected=(str(self.data.labels_dir),), devices=devices, env=env)
+            protected=(str(self.data.labels_dir),))
+        # One GPU, bound into the sandbox and visible there as cuda:0 (the slot mechanism's pinning).
+        return pin_request(req, self.device) if self.device.startswith("cuda") else req
 
     def _record_from_row(self, row: dict, cached: bool) -> TrialRecord:
         return TrialRecord(seed=row["seed"], role=row["role"], code_hash=row["code_hash"], status=row["status"],
