@@ -22,6 +22,12 @@ ACCEPTED = "accepted"
 BASELINE_TAG = "baseline"
 
 
+def tree_files(commit: git.Commit) -> dict[str, str]:
+    """Every file of a commit's tree, by path, as text."""
+    return {blob.path: blob.data_stream.read().decode("utf-8")
+            for blob in commit.tree.traverse() if blob.type == "blob"}
+
+
 def proposal_ref(idx: int) -> str:
     return f"refs/proposals/{idx:03d}"
 
@@ -56,9 +62,7 @@ class RunRepo:
         return self.repo.commit(ACCEPTED).hexsha
 
     def files_at(self, sha: str) -> dict[str, str]:
-        commit = self.repo.commit(sha)
-        return {blob.path: blob.data_stream.read().decode("utf-8")
-                for blob in commit.tree.traverse() if blob.type == "blob"}
+        return tree_files(self.repo.commit(sha))
 
     def accepted_chain(self) -> list[str]:
         """Accepted proposal commits, oldest first (the baseline excluded)."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import git
 
-from autoresearch.records import ACCEPTED, ACTOR, BASELINE_TAG, RunRepo
+from autoresearch.records import ACCEPTED, ACTOR, BASELINE_TAG, RunRepo, tree_files
 
 
 class ReplayError(RuntimeError):
@@ -68,7 +68,7 @@ def replay_run(run_dir: Path, onto: Path | None) -> ReplayResult:
         result.applied = chain
         for c in repo.iter_commits(f"HEAD~{len(chain)}..HEAD", reverse=True):
             result.log.append(f"{c.hexsha[:10]} {c.summary}")
-    replayed = {b.path: b.data_stream.read().decode() for b in repo.head.commit.tree.traverse() if b.type == "blob"}
+    replayed = tree_files(repo.head.commit)
     if files_hash(replayed) != files_hash(source.files_at(source.accepted_tip)):
         raise ReplayError("the replayed tree differs from the run's accepted tip")
     result.log.append("replayed tree matches the run's accepted tip")
@@ -94,10 +94,7 @@ def verify_replay(run_dir: Path, result: ReplayResult, *, seed_base: int | None 
     repo = git.Repo(result.path)
     base_commit = repo.commit(f"HEAD~{len(result.applied)}") if result.applied else repo.head.commit
 
-    def files(commit) -> dict[str, str]:
-        return {b.path: b.data_stream.read().decode() for b in commit.tree.traverse() if b.type == "blob"}
-
     base = seed_base if seed_base is not None else engine.bench.spec.gate.verify_seed_base + 1000
     engine.verify_seeds = [base + i for i in range(engine.gate.seeds)]
-    headline = engine.verify_chain(final_files=files(repo.head.commit), baseline_files=files(base_commit))
+    headline = engine.verify_chain(final_files=tree_files(repo.head.commit), baseline_files=tree_files(base_commit))
     return headline
