@@ -36,6 +36,7 @@ def _guard(fn):
         from autoresearch.benchmark import BenchmarkError
         from autoresearch.datasets import DataMismatch
         from autoresearch.ledger import LedgerError
+        from autoresearch.replay import ReplayError
         from autoresearch.sandbox.isolation import IsolationUnavailable
 
         try:
@@ -48,6 +49,8 @@ def _guard(fn):
             _fail(str(exc), EXIT_STORAGE)
         except IsolationUnavailable as exc:
             _fail(str(exc), EXIT_ISOLATION)
+        except ReplayError as exc:
+            _fail(f"replay: {exc}", EXIT_USER)
         except OSError as exc:
             # ENOSPC, EROFS, EACCES, EDQUOT; errno None: a short write (numpy's tofile on a full disk)
             if exc.errno in (28, 30, 13, 122) or exc.errno is None:
