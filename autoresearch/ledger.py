@@ -11,7 +11,7 @@ import json
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 MIGRATIONS: list[tuple[str, str]] = [
     ("001_initial", """

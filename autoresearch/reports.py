@@ -138,8 +138,8 @@ def write_proposal_report(engine: "RunEngine", record: "ProposalRecord") -> Path
     lines += [
         "## Protocol",
         "",
-        f"- data fingerprints (sha256): " + ", ".join(f"{k}=`{v[:16]}…`" for k, v in engine.data.fingerprints.items()),
-        f"- example counts: " + ", ".join(f"{k}={v}" for k, v in engine.data.counts.items()) +
+        "- data fingerprints (sha256): " + ", ".join(f"{k}=`{v[:16]}…`" for k, v in engine.data.fingerprints.items()),
+        "- example counts: " + ", ".join(f"{k}={v}" for k, v in engine.data.counts.items()) +
         " (identical for candidate and incumbent, checked per trial)",
         f"- gate seeds: {engine.gate_seeds}; screen: {'on, margin ' + str(engine.gate.screen_margin) if engine.gate.screen else 'off'}",
         f"- budget: {spec.budget.epochs} epochs, batch {spec.budget.batch_size}, train {spec.budget.train_seconds:g}s + "

@@ -14,8 +14,6 @@ import os
 import shutil
 import stat
 import sys
-import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path

@@ -22,11 +22,10 @@ from pathlib import Path
 
 from autoresearch import engine as engine_module
 from autoresearch.agent.proposal import parse_proposal_json
-from autoresearch.benchmark import load_benchmark, prepare_data
 from autoresearch.config import RunConfig
 from autoresearch.engine import RunEngine
 from autoresearch.sandbox import trial as trial_module
-from autoresearch.sandbox.isolation import Limits, isolation_level, run_sandboxed
+from autoresearch.sandbox.isolation import Limits, run_sandboxed
 
 ADAM = json.dumps({"title": "Adam", "hypothesis": "bench", "edits": [
     {"path": "optim.py", "search": "optimizer = torch.optim.SGD(params, lr=0.01)",
