@@ -37,12 +37,18 @@ def test_mnist5k_matches_its_pins(tmp_path):
     assert sorted(np.unique(data.labels("test"))) == list(range(10))
 
 
-def test_hub_specs_are_unpinned_and_refuse_before_loading(monkeypatch):
+def test_hub_specs_pin_revisions_and_unpinned_ones_refuse_before_loading(monkeypatch):
     called = []
     monkeypatch.setitem(SOURCES, "hf-datasets", lambda options: called.append(options))
     for name in HUB_BENCHMARKS:
         spec = load_benchmark(name).spec
         assert spec.data.options["splits"]
+        assert re.fullmatch(r"[0-9a-f]{40}", spec.data.options["revision"]), name
+    # mnist-cnn: pins derived offline from the original MNIST data (scripts/derive_mnist_pins.py).
+    assert all(is_pinned(v) for v in load_benchmark("mnist-cnn").spec.data.fingerprints.values())
+    require_pins(load_benchmark("mnist-cnn").spec)
+    for name in ("cifar10-resnet", "sst2-transformer"):  # no copy of their data here: unpinned, refused
+        spec = load_benchmark(name).spec
         assert all(not is_pinned(v) and v.startswith("UNPINNED") for v in spec.data.fingerprints.values())
         with pytest.raises(DataMismatch, match="no pinned fingerprint"):
             require_pins(spec)
@@ -97,6 +103,8 @@ def _local_copy(name: str, dest: Path, fixture: Path, sizes: dict[str, int]) -> 
     text = re.sub(r'^path = ".*"$', f'path = "{fixture}"', text, count=1, flags=re.M)
     text = re.sub(r"^sizes = .*$", "sizes = { " + ", ".join(f"{k} = {v}" for k, v in sizes.items()) + " }",
                   text, count=1, flags=re.M)
+    # The local fixture is other data than the built-in's: start from no pins, as a new benchmark would.
+    text = re.sub(r'^(train|val|test) = "[0-9a-f]{64}"$', r'\1 = "UNPINNED"', text, flags=re.M)
     (dest / "spec.toml").write_text(text)
     return dest
 
@@ -160,3 +168,73 @@ def test_train_and_val_never_overlap_on_hub_splits():
     with pytest.raises(DataMismatch):
         assign_source_splits(pools, {"train": "train", "val": "train", "test": "test"}, seed=1,
                              sizes={"train": 90, "val": 20, "test": 10})
+
+
+# --------------------------------------------------------------------------- offline MNIST pins
+
+
+def _derive_script():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "derive_mnist_pins.py"
+    spec = importlib.util.spec_from_file_location("derive_mnist_pins", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _write_idx(folder: Path, prefix: str, images: np.ndarray, labels: np.ndarray, gz: bool) -> None:
+    import gzip
+    import struct
+
+    opener = (lambda p: gzip.open(str(p) + ".gz", "wb")) if gz else (lambda p: open(p, "wb"))
+    with opener(folder / f"{prefix}-images-idx3-ubyte") as f:
+        f.write(struct.pack(">IIII", 2051, len(images), 28, 28) + images.tobytes())
+    with opener(folder / f"{prefix}-labels-idx1-ubyte") as f:
+        f.write(struct.pack(">II", 2049, len(labels)) + labels.astype(np.uint8).tobytes())
+
+
+def test_offline_mnist_rebuild_is_lossless_and_keeps_order(tmp_path):
+    """The derivation behind mnist-cnn's pins: original IDX files -> the hub's parquet layout and
+    features -> this project's hub loader gives back exactly the original pixels, labels and order."""
+    derive = _derive_script()
+    rng = np.random.default_rng(3)
+    raw = {p: (rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n))
+           for p, n in (("train", 30), ("t10k", 12))}
+    for i, (prefix, (x, y)) in enumerate(raw.items()):
+        _write_idx(tmp_path, prefix, x, y, gz=bool(i))  # plain and gzipped files both read
+    pools = {"train": derive.read_idx(tmp_path, "train"), "test": derive.read_idx(tmp_path, "t10k")}
+    derive.write_hub_layout(pools, tmp_path / "hub")
+    back = SOURCES["hf-datasets"]({"path": str(tmp_path / "hub"), "input": "image", "x_column": "image",
+                                   "y_column": "label", "splits": {"train": "train", "test": "test"}})
+    for ours, prefix in (("train", "train"), ("test", "t10k")):
+        x, y = back[ours]
+        assert x.dtype == np.uint8 and x.shape == (len(raw[prefix][1]), 1, 28, 28)
+        assert np.array_equal(x[:, 0], raw[prefix][0]) and np.array_equal(y, raw[prefix][1])
+
+
+def test_offline_mnist_pickle_reader_builds_arrays_only(tmp_path):
+    import gzip
+    import pickle
+
+    derive = _derive_script()
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pkl.gz"
+    with gzip.open(path, "wb") as f:
+        pickle.dump((Evil(), None, None), f)
+    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+        derive.read_pkl(path)
+    # A well-formed file in the mirrored format (float32 pixel/256) reads back as the exact bytes.
+    rng = np.random.default_rng(4)
+    parts = [(rng.integers(0, 256, (n, 784)).astype(np.float32) / np.float32(256), rng.integers(0, 10, n))
+             for n in (5, 3, 4)]
+    good = tmp_path / "mnist.pkl.gz"
+    with gzip.open(good, "wb") as f:
+        pickle.dump(tuple(parts), f)
+    pools = derive.read_pkl(good)
+    assert pools["train"][0].shape == (8, 28, 28) and pools["test"][0].shape == (4, 28, 28)
+    assert np.array_equal(pools["train"][0].reshape(8, -1), np.concatenate([parts[0][0], parts[1][0]]) * 256)
