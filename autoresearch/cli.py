@@ -32,7 +32,7 @@ def _guard(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from autoresearch.benchmark import BenchmarkError
-        from autoresearch.datasets import DataMismatch
+        from autoresearch.datasets import DataMismatch, DataUnavailable
         from autoresearch.ledger import LedgerError
         from autoresearch.replay import ReplayError
         from autoresearch.sandbox.isolation import IsolationUnavailable
@@ -41,6 +41,8 @@ def _guard(fn):
             return fn(*args, **kwargs)
         except BenchmarkError as exc:
             _fail(str(exc), EXIT_USER)
+        except DataUnavailable as exc:
+            _fail(f"data unavailable: {exc}", EXIT_DATA)
         except DataMismatch as exc:
             _fail(f"data mismatch: {exc}", EXIT_DATA)
         except LedgerError as exc:

@@ -20,6 +20,10 @@ class DataMismatch(RuntimeError):
     """The data on this machine is not the data the spec pins."""
 
 
+class DataUnavailable(DataMismatch):
+    """The spec's data cannot be loaded here (no hub, no such dataset, revision or file)."""
+
+
 @dataclass(frozen=True)
 class Split:
     x: np.ndarray
@@ -171,7 +175,13 @@ def _hf_datasets(options: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     import datasets  # heavy: only when a hub benchmark is prepared
 
     kwargs = {} if local else {"revision": revision}
-    ds = datasets.load_dataset(str(Path(path).expanduser()) if local else path, options.get("name"), **kwargs)
+    try:
+        ds = datasets.load_dataset(str(Path(path).expanduser()) if local else path, options.get("name"), **kwargs)
+    except Exception as exc:  # the hub unreachable, offline mode, a missing revision or file: say which, no traceback
+        where = f"{path!r} at revision {revision}" if not local else f"local folder {path!r}"
+        raise DataUnavailable(f"could not load {where}: {type(exc).__name__}: {str(exc).strip()[:400]}. Hub benchmarks "
+                              "need the Hugging Face hub (or point data.options.path at a local copy of the "
+                              "dataset's parquet files in a benchmark folder of your own)") from None
     kind = options.get("input", "image")
     xcol, ycol = options.get("x_column", "image"), options.get("y_column", "label")
     wanted = set(dict(options.get("splits", {})).values()) or set(ds)

@@ -117,6 +117,14 @@ def test_fingerprint_mismatch_is_a_data_error(tmp_path, good_proposals, change):
     assert_clean_error(proc, EXIT_DATA, "data mismatch", "fingerprint")
 
 
+def test_hub_benchmark_without_the_hub_is_a_data_error(tmp_path, good_proposals):
+    """mnist-cnn is pinned, so it goes on to load from the hub; offline that is a clear data error."""
+    proc = subprocess.run([AUTORESEARCH, "run", "--benchmark", "mnist-cnn", "--proposals-file", str(good_proposals),
+                           "--runs-dir", str(tmp_path / "runs")], capture_output=True, text=True, timeout=180,
+                          env=dict(os.environ, COLUMNS="200", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1"))
+    assert_clean_error(proc, EXIT_DATA, "data unavailable", "ylecun/mnist", "77f3279092a1c1579b2250db8eafed0ad422088c")
+
+
 # ------------------------------------------------------------------ proposals files
 
 
