@@ -89,6 +89,9 @@ def main() -> None:
       autoresearch show RUN                                     # decisions and headline
       autoresearch replay RUN --verify                          # re-apply accepted commits, re-verify
     """
+    # Number GPUs as nvidia-smi and Ray do (PCI bus order), before torch initialises CUDA: the
+    # sandbox pins cuda:N through the driver's PCI-ordered list (sandbox.gpus).
+    os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
 
 
 def _resolve_run(run: str, runs_dir: Path) -> Path:
@@ -134,7 +137,7 @@ RUNS_DIR = click.option("--runs-dir", type=click.Path(path_type=Path), default=P
 @click.option("--gguf", envvar="AUTORESEARCH_GGUF", type=click.Path(path_type=Path), default=None,
               help="GGUF file for the embedded llama.cpp server (skips the download).")
 @click.option("--max-llm-cost", type=float, default=None, help="Stop starting proposals past this estimated USD cost.")
-@click.option("--time-budget", type=float, default=None, help="Stop starting proposals after this many seconds.")
+@click.option("--time-budget", type=float, default=None, help="Stop starting proposals after this many seconds of work (summed over resumes).")
 @RUNS_DIR
 @_guard
 def run(benchmark, idea, proposals_file, proposals, seeds, alpha, min_delta, no_screen, no_verify, slots, executor,
@@ -331,10 +334,19 @@ def doctor():
 
     console.print(f"device cpu: {envinfo.device_description('cpu')}", highlight=False)
     if torch.cuda.is_available():
+        from autoresearch.sandbox.executors import pin_request
+        from autoresearch.sandbox.trial import TrialRequest
+
+        probe = TrialRequest(workspace="", harness="", train_data="", predict_data="", work_dir="", seed=0,
+                             config={"device": "cuda"}, train_seconds=1, predict_seconds=1, grace_seconds=1,
+                             memory_bytes=1, max_processes=1, max_prediction_bytes=1, isolation="none")
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
-            console.print(f"device cuda:{i}: {p.name}, {p.total_memory / 2**30:.0f} GiB, compute {p.major}.{p.minor} "
-                          f"(trial slot {i} pins it: only /dev/nvidia{i} inside its sandbox)", highlight=False)
+            pinned = pin_request(probe, f"cuda:{i}", exists=lambda _node: True)  # what it would bind
+            node = next((d for d in pinned.devices if d.removeprefix("/dev/nvidia").isdigit()), "no device node found")
+            console.print(f"device cuda:{i}: {p.name}, {p.total_memory / 2**30:.0f} GiB, compute {p.major}.{p.minor}, "
+                          f"PCI {pinned.config.get('gpu_bus_id', '?')} (a trial on it sees only {node}, "
+                          f"CUDA_VISIBLE_DEVICES={dict(pinned.env)['CUDA_VISIBLE_DEVICES']})", highlight=False)
         console.print(f"trials run on: cuda, one GPU per slot (--slots {torch.cuda.device_count()}); torch CUDA "
                       f"{torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}", highlight=False)
     else:

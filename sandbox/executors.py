@@ -5,8 +5,8 @@ requests and returns the outputs in request order; it never scores, gates or rec
 Decisions are therefore independent of how many slots ran the trials, or where.
 
 Devices: one GPU per trial slot. A slot's GPU is pinned through the sandbox: only that device's
-node is bound into it and ``CUDA_VISIBLE_DEVICES`` names only it, so inside the trial it is always
-``cuda:0``. Without CUDA, slots are CPU slots and requests pass through unchanged.
+node is bound into it and ``CUDA_VISIBLE_DEVICES`` names only it (by UUID: sandbox.gpus says why),
+so inside the trial it is always ``cuda:0``. Without CUDA, slots are CPU slots and requests pass through unchanged.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import queue
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
+from autoresearch.sandbox.gpus import NvidiaGpu, nvidia_gpus, visible_gpus
 from autoresearch.sandbox.trial import TrialOutput, TrialRequest, TrialStatus
 
 CUDA_CONTROL_NODES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")
@@ -34,23 +35,39 @@ def slot_devices(device: str, slots: int, gpu_count: int) -> list[str]:
     return [f"cuda:{i % gpu_count}" for i in range(slots)]
 
 
-def cuda_device_nodes(index: int, exists: Callable[[str], bool] = os.path.exists) -> tuple[str, ...]:
-    """The /dev nodes a process needs to use GPU ``index`` (and only it)."""
-    return tuple(p for p in (*CUDA_CONTROL_NODES, f"/dev/nvidia{index}") if exists(p))
+def cuda_device_nodes(node: str | int, exists: Callable[[str], bool] = os.path.exists) -> tuple[str, ...]:
+    """The /dev nodes a process needs to use one GPU (its node, or /dev/nvidia<index>) and only it."""
+    node = f"/dev/nvidia{node}" if isinstance(node, int) else node
+    return tuple(p for p in (*CUDA_CONTROL_NODES, node) if exists(p))
 
 
-def pin_request(req: TrialRequest, device: str, exists: Callable[[str], bool] = os.path.exists) -> TrialRequest:
+def pin_request(req: TrialRequest, device: str, exists: Callable[[str], bool] = os.path.exists,
+                gpus: list[NvidiaGpu] | None = None) -> TrialRequest:
     """The request as it runs on ``device``: for a GPU, only its node is bound into the sandbox and
-    only it is visible (as cuda:0 inside); for the CPU, no GPU node and no visible GPU."""
-    env = {k: v for k, v in req.env if k != "CUDA_VISIBLE_DEVICES"}
+    only it is visible (as cuda:0 inside); for the CPU, no GPU node and no visible GPU.
+
+    ``cuda:N`` is N as this process's CUDA numbers GPUs (see sandbox.gpus). Where the driver lists
+    its GPUs, the node is the GPU's own (by minor number) and CUDA inside is given its UUID; where
+    it does not, /dev/nvidia<N> and index N are used as they are."""
+    env = {k: v for k, v in req.env if k not in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")}
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
         return dataclasses.replace(req, devices=(), env=tuple(sorted(env.items())),
                                    config=req.config | {"device": "cpu"})
     index = int(device.split(":")[1]) if ":" in device else 0
-    env["CUDA_VISIBLE_DEVICES"] = str(index)
-    return dataclasses.replace(req, devices=cuda_device_nodes(index, exists), env=tuple(sorted(env.items())),
-                               config=req.config | {"device": "cuda:0"})
+    table = visible_gpus(nvidia_gpus() if gpus is None else gpus)
+    if table:
+        if index >= len(table):
+            raise ValueError(f"{device} does not exist here: CUDA sees {len(table)} GPU(s)")
+        gpu = table[index]
+        nodes, env["CUDA_VISIBLE_DEVICES"] = cuda_device_nodes(gpu.node, exists), gpu.uuid or "0"
+        where = {"host_device": f"cuda:{index}", "gpu_bus_id": gpu.bus_id, "gpu_uuid": gpu.uuid}
+    else:
+        nodes, env["CUDA_VISIBLE_DEVICES"] = cuda_device_nodes(index, exists), str(index)
+        where = {"host_device": f"cuda:{index}"}
+    env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+    return dataclasses.replace(req, devices=nodes, env=tuple(sorted(env.items())),
+                               config=req.config | {"device": "cuda:0"} | where)
 
 
 def run_on_slots(fn: Callable[[TrialRequest], TrialOutput], requests: list[TrialRequest],
@@ -86,8 +103,9 @@ def _ray_trial(fn: Callable[[TrialRequest], TrialOutput], req: TrialRequest) -> 
 
     gpus = ray.get_gpu_ids()
     if gpus:
-        # Ray already narrowed CUDA_VISIBLE_DEVICES for this worker; the sandbox gets that one GPU.
-        req = pin_request(req, f"cuda:{int(gpus[0])}")
+        # Ray narrowed this worker's CUDA_VISIBLE_DEVICES to its GPU, so it is the worker's cuda:0;
+        # without the driver's GPU list, fall back to Ray's (nvidia-smi) index as the node number.
+        req = pin_request(req, "cuda:0" if nvidia_gpus() else f"cuda:{int(gpus[0])}")
     elif req.config.get("device", "cpu") != "cpu":
         req = pin_request(req, "cpu")
     return fn(req)

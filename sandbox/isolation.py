@@ -125,10 +125,39 @@ def isolation_level(require: bool = False) -> str:
 # --------------------------------------------------------------------------- cgroups
 
 
+# A cgroup this old with no process in it was left by a run that was killed before it could clean
+# up. The age keeps the sweep away from a cgroup that another run has just made and not yet joined.
+STALE_CGROUP_SECONDS = 600.0
+_SWEPT: set[Path] = set()
+
+
+def sweep_stale_cgroups(root: Path | None = None, *, max_age: float = STALE_CGROUP_SECONDS) -> int:
+    """Remove our own empty cgroups older than max_age (the kernel refuses to remove a non-empty one)."""
+    removed = 0
+    root = CGROUP_ROOT if root is None else root
+    for controller in ("memory", "pids"):
+        try:
+            entries = list((root / controller).glob("autoresearch-*"))
+        except OSError:
+            continue
+        for path in entries:
+            try:
+                if time.time() - path.stat().st_mtime < max_age or (path / "cgroup.procs").read_text().strip():
+                    continue
+                path.rmdir()
+                removed += 1
+            except OSError:
+                continue
+    return removed
+
+
 class _Cgroup:
     """A throwaway cgroup v1 pair (memory + pids), or nothing where we may not create one."""
 
     def __init__(self, limits: Limits):
+        if CGROUP_ROOT not in _SWEPT:  # once per process: what killed runs left behind
+            _SWEPT.add(CGROUP_ROOT)
+            sweep_stale_cgroups()
         self.name = f"autoresearch-{uuid.uuid4().hex[:12]}"
         self.dirs: dict[str, Path] = {}
         for controller in ("memory", "pids"):
@@ -311,6 +340,10 @@ def build_command(argv: list[str], mounts: list[Mount], *, isolation: str, limit
             cmd += ["--ro-bind-try", f"/proc/{sub}", f"/proc/{sub}"]
         for dev in devices:
             cmd += ["--dev-bind", dev, dev]
+        if devices:
+            # The CUDA driver reads PCI topology and module state from /sys; shown read-only, as
+            # container runtimes do. (CPU trials see only /sys/devices/system/cpu.)
+            cmd += ["--ro-bind", "/sys", "/sys"]
         for m in mounts:
             cmd += ["--bind" if m.writable else "--ro-bind", str(m.host), m.inside]
         for key, value in full_env.items():
@@ -352,7 +385,9 @@ def run_sandboxed(argv: list[str], *, mounts: list[Mount], limits: Limits, isola
     cmd, proc_env, host_cwd = build_command(argv, mounts, isolation=isolation, limits=limits,
                                             env=env or {}, cwd=cwd, devices=list(devices))
     cgroup = _Cgroup(limits)
-    use_rlimit_as = "memory" not in cgroup.dirs
+    # Without a memory cgroup, RLIMIT_AS caps memory, except on a GPU: CUDA reserves far more
+    # virtual address space than it uses, and fails to initialise under any realistic RLIMIT_AS.
+    use_rlimit_as = "memory" not in cgroup.dirs and not devices
 
     def preexec() -> None:  # runs in the child between fork and exec
         os.setsid()
@@ -369,7 +404,11 @@ def run_sandboxed(argv: list[str], *, mounts: list[Mount], limits: Limits, isola
 
     notes: list[str] = []
     if not cgroup.active:
-        notes.append("cgroups unavailable: memory capped by RLIMIT_AS, processes by RLIMIT_NPROC")
+        notes.append("cgroups unavailable: memory capped by RLIMIT_AS, processes by RLIMIT_NPROC" if use_rlimit_as else
+                     "cgroups unavailable: host memory NOT capped (a GPU trial: RLIMIT_AS would break CUDA), "
+                     "processes capped by RLIMIT_NPROC")
+    elif "memory" not in cgroup.dirs and not use_rlimit_as:
+        notes.append("memory cgroup unavailable: host memory NOT capped (a GPU trial: RLIMIT_AS would break CUDA)")
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env=proc_env if isolation != "bubblewrap" else {"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
                             cwd=host_cwd, preexec_fn=preexec, close_fds=True)

@@ -187,9 +187,12 @@ def run_trial(req: TrialRequest) -> TrialOutput:
     env.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     config_json = json.dumps(req.config, sort_keys=True)
     output = TrialOutput(seed=req.seed, status=TrialStatus.OK, detail="", isolation=req.isolation)
-    visible = env.get("CUDA_VISIBLE_DEVICES", "")
-    output.device = f"cuda:{visible}" if str(req.config.get("device", "cpu")).startswith("cuda") and visible else \
-        str(req.config.get("device", "cpu"))
+    if str(req.config.get("device", "cpu")).startswith("cuda"):  # the host's name for the one visible GPU
+        output.device = str(req.config.get("host_device") or f"cuda:{env.get('CUDA_VISIBLE_DEVICES', '?')}")
+        if req.config.get("gpu_bus_id"):
+            output.device += f" (PCI {req.config['gpu_bus_id']})"
+    else:
+        output.device = str(req.config.get("device", "cpu"))
 
     # The sandbox's /tmp is a tmpfs under bubblewrap; without it, give each phase a private host dir.
     def phase_env(name: str) -> dict[str, str]:

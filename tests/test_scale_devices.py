@@ -86,3 +86,179 @@ def test_cpu_slots_pass_requests_through():
     reqs = [_request(seed=s) for s in range(3)]
     got = LocalExecutor(2, devices=["cpu", "cpu"]).map(lambda r: r, reqs)
     assert got == reqs
+
+
+# --------------------------------------------------------------------------- GPU identity (sandbox.gpus)
+
+from autoresearch.sandbox import gpus as gpus_mod  # noqa: E402
+from autoresearch.sandbox.gpus import NvidiaGpu, nvidia_gpus, visible_gpus  # noqa: E402
+
+
+def _fake_proc_gpus(root, table: dict[str, tuple[int, str]]):
+    """/proc/driver/nvidia/gpus as the driver writes it: one folder per PCI address."""
+    for bus, (minor, uuid) in table.items():
+        (root / bus).mkdir(parents=True)
+        (root / bus / "information").write_text(
+            f"Model: \t\t NVIDIA H100 80GB HBM3\nIRQ:   \t\t 0\nGPU UUID: \t {uuid}\nVideo BIOS: \t 96.00.99.00.01\n"
+            f"Bus Type: \t PCIe\nDMA Size: \t 52 bits\nDMA Mask: \t 0xfffffffffffff\nBus Location: \t {bus}\n"
+            f"Device Minor: \t {minor}\nGPU Excluded:\t No\n")
+    (root / "0000:ff:00.0").mkdir()  # a folder without a readable information file is skipped
+
+
+# Minor numbers deliberately not in PCI order: the node for cuda:0 is /dev/nvidia2 here.
+FAKE_GPUS = {"0000:3b:00.0": (0, "GPU-bbbb1111-0000-0000-0000-000000000000"),
+             "0000:17:00.0": (2, "GPU-aaaa2222-0000-0000-0000-000000000000"),
+             "0000:86:00.0": (1, "GPU-cccc3333-0000-0000-0000-000000000000")}
+
+
+def test_nvidia_gpus_reads_the_drivers_list_in_pci_order(tmp_path):
+    _fake_proc_gpus(tmp_path, FAKE_GPUS)
+    found = nvidia_gpus(tmp_path)
+    assert [g.bus_id for g in found] == ["0000:17:00.0", "0000:3b:00.0", "0000:86:00.0"]
+    assert [g.minor for g in found] == [2, 0, 1] and found[0].node == "/dev/nvidia2"
+    assert found[0].uuid == "GPU-aaaa2222-0000-0000-0000-000000000000"
+    assert nvidia_gpus(tmp_path / "absent") == []
+
+
+def test_visible_gpus_applies_cuda_visible_devices_as_cuda_does():
+    g = [NvidiaGpu("0000:17:00.0", 2, "GPU-aaaa"), NvidiaGpu("0000:3b:00.0", 0, "GPU-bbbb"),
+         NvidiaGpu("0000:86:00.0", 1, "GPU-cccc")]
+    assert visible_gpus(g, {}) == g
+    assert visible_gpus(g, {"CUDA_VISIBLE_DEVICES": "2,0"}) == [g[2], g[0]]
+    assert visible_gpus(g, {"CUDA_VISIBLE_DEVICES": "GPU-bb, 0"}) == [g[1], g[0]]  # UUID prefix
+    assert visible_gpus(g, {"CUDA_VISIBLE_DEVICES": "1,7,2"}) == [g[1]]  # stops at the first bad entry
+    assert visible_gpus(g, {"CUDA_VISIBLE_DEVICES": "GPU-,1"}) == []  # an ambiguous prefix names none
+    assert visible_gpus(g, {"CUDA_VISIBLE_DEVICES": ""}) == []
+
+
+def test_pin_request_uses_the_gpus_own_node_and_uuid(tmp_path, monkeypatch):
+    _fake_proc_gpus(tmp_path, FAKE_GPUS)
+    monkeypatch.setattr(gpus_mod, "PROC_GPUS", tmp_path)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    dev = FAKE_DEV | {"/dev/nvidia2"}
+    req = pin_request(_request(device="cuda"), "cuda:0", exists=dev.__contains__)
+    assert req.devices == ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia2")  # cuda:0 is minor 2 here
+    env = dict(req.env)
+    assert env["CUDA_VISIBLE_DEVICES"] == "GPU-aaaa2222-0000-0000-0000-000000000000"
+    assert env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    assert req.config["device"] == "cuda:0" and req.config["host_device"] == "cuda:0"
+    assert req.config["gpu_bus_id"] == "0000:17:00.0"
+    # The host's own CUDA_VISIBLE_DEVICES narrows the list first: its cuda:1 is PCI-order GPU 0.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,0")
+    req = pin_request(_request(device="cuda"), "cuda:1", exists=dev.__contains__)
+    assert req.devices[-1] == "/dev/nvidia2" and req.config["gpu_bus_id"] == "0000:17:00.0"
+    with pytest.raises(ValueError, match="cuda:2 does not exist"):
+        pin_request(_request(device="cuda"), "cuda:2", exists=dev.__contains__)
+
+
+def test_ray_worker_pins_the_gpu_ray_gave_it(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from autoresearch.sandbox import executors
+
+    _fake_proc_gpus(tmp_path, FAKE_GPUS)
+    monkeypatch.setattr(gpus_mod, "PROC_GPUS", tmp_path)
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(get_gpu_ids=lambda: [2]))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2")  # what Ray sets for a worker holding GPU 2
+    seen = []
+    executors._ray_trial(lambda r: seen.append(r) or TrialOutput(seed=r.seed, status=TrialStatus.OK, detail="",
+                                                                 isolation="none"), _request(device="cuda"))
+    assert seen[0].config["gpu_bus_id"] == "0000:86:00.0"  # PCI-order GPU 2 (minor 1)
+    assert dict(seen[0].env)["CUDA_VISIBLE_DEVICES"] == "GPU-cccc3333-0000-0000-0000-000000000000"
+
+
+def test_gpu_sandbox_sees_sys_read_only_and_cpu_sandbox_does_not():
+    limits = Limits(wall_seconds=1, cpu_seconds=1, memory_bytes=2**30, max_processes=8, max_output_bytes=2**20)
+
+    def ro_binds(devices):
+        cmd, _, _ = build_command(["python"], [], isolation="bubblewrap", limits=limits, env={}, cwd="/tmp",
+                                  devices=devices)
+        return [cmd[i + 1] for i, a in enumerate(cmd) if a == "--ro-bind"]
+
+    assert "/sys" in ro_binds(["/dev/nvidiactl", "/dev/nvidia0"])
+    cpu = ro_binds([])
+    assert "/sys" not in cpu and "/sys/devices/system/cpu" in cpu
+
+
+def test_gpu_trial_is_not_given_an_address_space_limit(tmp_path, monkeypatch):
+    """Without cgroups, memory falls back to RLIMIT_AS, except for a GPU trial (CUDA cannot start under
+    it); that trial's result says its memory was not capped."""
+    from autoresearch.sandbox import isolation
+    from autoresearch.sandbox.isolation import run_sandboxed
+
+    monkeypatch.setattr(isolation, "CGROUP_ROOT", tmp_path / "no-cgroups")
+    probe = ["python3", "-c", "import resource; print('AS', resource.getrlimit(resource.RLIMIT_AS)[0])"]
+    limits = Limits(wall_seconds=20, cpu_seconds=20, memory_bytes=2**31, max_processes=64, max_output_bytes=2**20)
+    cpu = run_sandboxed(probe, mounts=[], limits=limits, isolation="none", cwd=str(tmp_path))
+    assert f"AS {2**31}" in cpu.log_excerpt and "memory capped by RLIMIT_AS" in " ".join(cpu.notes)
+    gpu = run_sandboxed(probe, mounts=[], limits=limits, isolation="none", cwd=str(tmp_path), devices=["/dev/null"])
+    assert f"AS {resource_unlimited()}" in gpu.log_excerpt, gpu.log_excerpt
+    assert "host memory NOT capped" in " ".join(gpu.notes)
+
+
+def resource_unlimited() -> int:
+    import resource
+
+    return resource.RLIM_INFINITY
+
+
+def test_stale_empty_cgroups_are_swept_and_live_ones_kept():
+    import os
+    import uuid
+
+    from autoresearch.sandbox.isolation import CGROUP_ROOT, sweep_stale_cgroups
+
+    base = CGROUP_ROOT / "pids"
+    if not os.access(base, os.W_OK) or not (base / "cgroup.procs").exists():
+        pytest.skip("no writable cgroup v1 pids controller here")
+    old, fresh = base / f"autoresearch-{uuid.uuid4().hex[:12]}", base / f"autoresearch-{uuid.uuid4().hex[:12]}"
+    old.mkdir()
+    fresh.mkdir()
+    try:
+        t = time.time() - 3600
+        os.utime(old, (t, t))
+        assert sweep_stale_cgroups() >= 1
+        assert not old.exists() and fresh.exists()  # a just-made cgroup (not yet joined) is left alone
+    finally:
+        for p in (old, fresh):
+            if p.exists():
+                p.rmdir()
+
+
+def _doctor(monkeypatch) -> str:
+    from click.testing import CliRunner
+
+    from autoresearch.cli import main
+
+    result = CliRunner().invoke(main, ["doctor"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result.output
+
+
+def test_doctor_lists_devices_on_cpu(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = _doctor(monkeypatch)
+    assert "device cpu:" in out and "GPU: none" in out and "bubblewrap:" in out
+
+
+def test_doctor_lists_each_gpu_with_what_its_sandbox_sees(tmp_path, monkeypatch):
+    """The CUDA branch of `doctor`, on CPU: torch's CUDA queries and the driver's GPU list faked."""
+    import types
+
+    import torch
+
+    _fake_proc_gpus(tmp_path, FAKE_GPUS)
+    monkeypatch.setattr(gpus_mod, "PROC_GPUS", tmp_path)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda i: types.SimpleNamespace(name="NVIDIA H100 80GB HBM3", total_memory=80 * 2**30,
+                                                        major=9, minor=0))
+    out = " ".join(_doctor(monkeypatch).split())
+    assert "device cuda:0: NVIDIA H100 80GB HBM3, 80 GiB, compute 9.0, PCI 0000:17:00.0" in out
+    assert "sees only /dev/nvidia2" in out and "CUDA_VISIBLE_DEVICES=GPU-aaaa2222" in out
+    assert "device cuda:2:" in out and "PCI 0000:86:00.0" in out and "one GPU per slot" in out
