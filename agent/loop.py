@@ -270,6 +270,20 @@ class AgentContext:
     session: LLMSession
     started: float = field(default_factory=time.monotonic)
     prompt_hash: str = field(default_factory=prompt_hash)
+    earlier_seconds: float = 0.0  # spent by earlier sessions of this run (the ledger's active_seconds)
+
+    def __post_init__(self) -> None:
+        row = self.engine.ledger.run(self.engine.run_id) or {}
+        self.earlier_seconds = float(row.get("active_seconds") or 0.0)
+
+    def elapsed(self) -> float:
+        """Seconds this run has been working, over all its sessions (what --time-budget counts)."""
+        return self.earlier_seconds + (time.monotonic() - self.started)
+
+    def save_elapsed(self) -> float:
+        elapsed = self.elapsed()
+        self.engine.ledger.update_run(self.engine.run_id, active_seconds=elapsed)
+        return elapsed
 
 
 def build_graph(ctx: AgentContext):
@@ -286,13 +300,14 @@ def build_graph(ctx: AgentContext):
             parsed = final_parse(engine, pending["idx"], pending["raw"])
             return {"idx": pending["idx"], "raw": pending["raw"], "parsed": parsed, "decided": decided, "stop": ""}
         stop = ""
+        elapsed = ctx.save_elapsed()  # a kill loses at most the time since the last proposal
         cost = engine.ledger.llm_totals(engine.run_id)["cost_usd"]
         if decided >= config.proposals:
             stop = f"proposal budget reached ({decided} of {config.proposals})"
         elif config.max_llm_cost is not None and cost >= config.max_llm_cost:
             stop = f"LLM cost budget reached (~${cost:.4f} of ${config.max_llm_cost:.4f}); stopped early"
-        elif config.time_budget is not None and time.monotonic() - ctx.started >= config.time_budget:
-            stop = f"time budget of {config.time_budget:g}s reached; stopped early"
+        elif config.time_budget is not None and elapsed >= config.time_budget:
+            stop = f"time budget of {config.time_budget:g}s reached ({elapsed:.0f}s over all sessions); stopped early"
         return {"idx": engine.next_index(), "messages": [], "attempt": 0, "raw": "", "parsed": None,
                 "decided": decided, "stop": stop}
 
@@ -358,6 +373,7 @@ def run_agent(engine, session: LLMSession) -> dict:
     config = engine.config
     steps = 10 + (config.proposals + 1) * (2 * config.parse_retries + 6)
     final = build_graph(ctx).invoke({}, {"recursion_limit": steps})
+    ctx.save_elapsed()
     totals = engine.ledger.llm_totals(engine.run_id)
     rows = engine.ledger.proposals(engine.run_id)
     summary = {"stop": final.get("stop", ""), "proposals": sum(r["state"] == "finished" for r in rows),

@@ -92,6 +92,10 @@ MIGRATIONS: list[tuple[str, str]] = [
             created_at REAL NOT NULL
         );
     """),
+    # The agent's time budget spans resumes: time spent in earlier sessions of the run counts.
+    ("002_run_active_seconds", """
+        ALTER TABLE runs ADD COLUMN active_seconds REAL NOT NULL DEFAULT 0
+    """),
 ]
 
 

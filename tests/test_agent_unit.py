@@ -100,6 +100,24 @@ def test_cost_and_time_budgets_stop_early(tiny_bench, tmp_path):
     assert llm.calls == [] and summary["proposals"] == 0 and "time budget" in summary["stop"]
 
 
+def test_time_budget_counts_earlier_sessions_of_a_resumed_run(tiny_bench, tmp_path):
+    engine = make_engine(tiny_bench, tmp_path, proposals=3, parse_retries=0, time_budget=3600)
+    engine.ensure_baseline = lambda: []
+    llm = FakeLLM(["nope"])
+    engine.config = engine.config.model_copy(update={"proposals": 1})  # this session stops after one
+    run_agent(engine, LLMSession(client=llm))
+    spent = engine.ledger.run(engine.run_id)["active_seconds"]
+    assert 0 < spent < 3600  # written to the ledger as the run went
+    # Earlier sessions used almost all of the hour: the resumed run must stop at once, not start afresh.
+    engine.ledger.update_run(engine.run_id, active_seconds=3599.9999)
+    resumed = RunEngine.open(engine.run_dir)
+    resumed.ensure_baseline = lambda: []
+    llm = FakeLLM([ADAM_REPLY])
+    summary = run_agent(resumed, LLMSession(client=llm))
+    assert llm.calls == [] and "time budget" in summary["stop"] and "over all sessions" in summary["stop"]
+    assert resumed.ledger.run(resumed.run_id)["active_seconds"] >= 3600
+
+
 class _Killed(BaseException):
     pass
 

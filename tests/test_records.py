@@ -19,6 +19,20 @@ def test_migrations_apply_once_and_in_order(tmp_path):
     assert {"runs", "proposals", "trials", "llm_calls", "_migrations"} <= tables
 
 
+def test_a_ledger_from_before_active_seconds_upgrades_in_place(tmp_path, monkeypatch):
+    import autoresearch.ledger as ledger_mod
+
+    monkeypatch.setattr(ledger_mod, "MIGRATIONS", MIGRATIONS[:1])  # a run made before 002 existed
+    old = Ledger(tmp_path / "l.sqlite")
+    old.create_run(id="r1", benchmark="b", benchmark_version="1", idea=None, config_json="{}",
+                   fingerprints_json="{}", counts_json="{}", env_json="{}", isolation="none")
+    old.close()
+    monkeypatch.setattr(ledger_mod, "MIGRATIONS", MIGRATIONS)
+    new = Ledger(tmp_path / "l.sqlite")
+    assert new.applied_migrations() == [n for n, _ in MIGRATIONS]
+    assert new.run("r1")["benchmark"] == "b" and new.run("r1")["active_seconds"] == 0
+
+
 def test_migration_names_are_unique_and_sorted():
     names = [n for n, _ in MIGRATIONS]
     assert names == sorted(names) and len(set(names)) == len(names)
