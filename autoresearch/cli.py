@@ -302,18 +302,31 @@ def list_runs(runs_dir):
 def benchmarks(as_json):
     """List the built-in benchmarks and their editable files."""
     from autoresearch.benchmark import builtin_names, load_benchmark
+    from autoresearch.datasets import is_pinned
 
     items = []
     for name in builtin_names():
         b = load_benchmark(name)
+        d = b.spec.data
+        hub = d.source == "hf-datasets" and not Path(str(d.options.get("path", ""))).expanduser().is_dir()
+        data = {"source": d.source, "dataset": d.options.get("path"), "revision": d.options.get("revision"),
+                "needs_hub": hub, "pinned": all(is_pinned(d.fingerprints.get(k, "")) for k in d.sizes),
+                "sizes": d.sizes}
         items.append({"name": b.name, "version": b.spec.version, "description": b.spec.description,
                       "root": str(b.root), "editable": [str(p.resolve()) for p in b.editable_files()],
-                      "metric": b.spec.metric.name, "direction": b.spec.metric.direction})
+                      "metric": b.spec.metric.name, "direction": b.spec.metric.direction, "data": data})
     if as_json:
         click.echo(json.dumps(items, indent=2))
         return
     for it in items:
         console.print(f"[bold]{it['name']}[/] v{it['version']}: {it['description']}", highlight=False)
+        d = it["data"]
+        where = f"{d['dataset']}@{str(d['revision'])[:12]} from the Hugging Face hub" if d["needs_hub"] else \
+            f"{d['source']}, offline"
+        pins = "fingerprints pinned" if d["pinned"] else \
+            f"fingerprints NOT pinned: run `autoresearch init-benchmark DEST --from {it['name']}` first"
+        console.print(f"    data: {where}; {', '.join(f'{k} {v:,}' for k, v in d['sizes'].items())}; {pins}",
+                      highlight=False)
         for p in it["editable"]:
             console.print(f"    editable: {p}", highlight=False)
 

@@ -238,3 +238,20 @@ def test_offline_mnist_pickle_reader_builds_arrays_only(tmp_path):
     pools = derive.read_pkl(good)
     assert pools["train"][0].shape == (8, 28, 28) and pools["test"][0].shape == (4, 28, 28)
     assert np.array_equal(pools["train"][0].reshape(8, -1), np.concatenate([parts[0][0], parts[1][0]]) * 256)
+
+
+def test_benchmarks_command_says_where_data_comes_from_and_whether_it_is_pinned():
+    import json
+
+    from click.testing import CliRunner
+
+    from autoresearch.cli import main
+
+    items = {i["name"]: i["data"] for i in json.loads(CliRunner().invoke(main, ["benchmarks", "--json"]).output)}
+    assert items["digits-mlp"]["needs_hub"] is False and items["digits-mlp"]["pinned"] is True
+    assert items["mnist-cnn"]["needs_hub"] is True
+    assert items["mnist-cnn"]["pinned"] is True and items["mnist-cnn"]["revision"].startswith("77f32790")
+    assert items["cifar10-resnet"]["pinned"] is False and items["sst2-transformer"]["pinned"] is False
+    text = " ".join(CliRunner().invoke(main, ["benchmarks"], env={"COLUMNS": "300"}).output.split())
+    assert "fingerprints NOT pinned: run `autoresearch init-benchmark DEST --from cifar10-resnet` first" in text
+    assert "data: sklearn-digits, offline" in text
