@@ -33,6 +33,8 @@ def _guard(fn):
     def wrapper(*args, **kwargs):
         from autoresearch.benchmark import BenchmarkError
         from autoresearch.datasets import DataMismatch, DataUnavailable
+        from autoresearch.envinfo import DeviceUnavailable
+        from pydantic import ValidationError
         from autoresearch.ledger import LedgerError
         from autoresearch.replay import ReplayError
         from autoresearch.sandbox.isolation import IsolationUnavailable
@@ -51,6 +53,14 @@ def _guard(fn):
             _fail(str(exc), EXIT_ISOLATION)
         except ReplayError as exc:
             _fail(f"replay: {exc}", EXIT_USER)
+        except DeviceUnavailable as exc:
+            _fail(str(exc), EXIT_USER)
+        except ValidationError as exc:  # options that click let through but the typed run config refuses
+            if exc.title != "RunConfig":
+                raise
+            problems = "; ".join(f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']} "
+                                 f"(got {e.get('input')!r})" for e in exc.errors())
+            _fail(f"invalid option: {problems}", EXIT_USER)
         except OSError as exc:
             # ENOSPC, EROFS, EACCES, EDQUOT; errno None: a short write (numpy's tofile on a full disk)
             if exc.errno in (28, 30, 13, 122) or exc.errno is None:
@@ -187,6 +197,9 @@ def _make_executor(config):
         return RayExecutor(address=config.ray_address, slots=config.slots)
     from autoresearch.sandbox.executors import slot_devices
 
+    from autoresearch.envinfo import resolve_device
+
+    resolve_device(config.device)  # a device this machine lacks is a clear error before anything starts
     gpus = 0 if config.device == "cpu" else __import__("torch").cuda.device_count()
     return LocalExecutor(config.slots, devices=slot_devices(config.device, config.slots, gpus))  # one GPU per slot
 

@@ -24,7 +24,7 @@ class RunConfig(BaseModel):
     slots: int = Field(default=1, ge=1, le=64, description="trials run in parallel")
     executor: Literal["local", "ray"] = "local"
     ray_address: str | None = None
-    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$", description="auto, cpu, cuda or cuda:N")
     require_isolation: bool = Field(default=False, description="refuse to run without bubblewrap")
     # Agent settings (used with --idea).
     llm_base_url: str | None = None

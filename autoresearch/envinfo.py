@@ -24,13 +24,20 @@ def versions() -> dict[str, str]:
     return out
 
 
+class DeviceUnavailable(ValueError):
+    """The device asked for is not on this machine."""
+
+
 def resolve_device(requested: str) -> str:
     import torch
 
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {requested!r} requested but CUDA is not available here")
+        raise DeviceUnavailable(f"device {requested!r} requested but CUDA is not available here (use --device cpu or auto)")
+    if requested.startswith("cuda:") and int(requested.split(":")[1]) >= torch.cuda.device_count():
+        raise DeviceUnavailable(f"device {requested!r} requested but this machine's CUDA sees "
+                                f"{torch.cuda.device_count()} GPU(s): cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
     return requested
 
 

@@ -162,6 +162,16 @@ def test_both_or_neither_source(tmp_path, good_proposals):
     assert_clean_error(cli("run", "--runs-dir", str(tmp_path)), EXIT_USAGE, "exactly one")
 
 
+@pytest.mark.parametrize("device,needle", [("gpu", "--device"), ("cuda:7", "cuda:7"), ("cuda", "not available")])
+def test_device_the_machine_lacks_is_a_clear_error(tmp_path, good_proposals, device, needle, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on CI; the same on a GPU host
+    proc = cli("run", "--device", device, "--proposals-file", str(good_proposals), "--runs-dir", str(tmp_path / "runs"))
+    assert_clean_error(proc, EXIT_USAGE, needle)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
 def test_seeds_out_of_range(tmp_path, good_proposals):
     assert_clean_error(cli("run", "--proposals-file", str(good_proposals), "--seeds", "1"), EXIT_USAGE, "seeds")
 

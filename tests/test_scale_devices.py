@@ -262,3 +262,19 @@ def test_doctor_lists_each_gpu_with_what_its_sandbox_sees(tmp_path, monkeypatch)
     assert "device cuda:0: NVIDIA H100 80GB HBM3, 80 GiB, compute 9.0, PCI 0000:17:00.0" in out
     assert "sees only /dev/nvidia2" in out and "CUDA_VISIBLE_DEVICES=GPU-aaaa2222" in out
     assert "device cuda:2:" in out and "PCI 0000:86:00.0" in out and "one GPU per slot" in out
+
+
+def test_resolve_device_refuses_a_gpu_index_the_machine_lacks(monkeypatch):
+    import torch
+
+    from autoresearch.envinfo import DeviceUnavailable, resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == "cuda:1" and resolve_device("auto") == "cuda"
+    with pytest.raises(DeviceUnavailable, match="sees 2 GPU"):
+        resolve_device("cuda:2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+    with pytest.raises(DeviceUnavailable, match="not available"):
+        resolve_device("cuda")
