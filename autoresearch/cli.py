@@ -34,6 +34,7 @@ def _guard(fn):
         from autoresearch.benchmark import BenchmarkError
         from autoresearch.datasets import DataMismatch, DataUnavailable
         from autoresearch.envinfo import DeviceUnavailable
+        from autoresearch.sandbox.executors import ExecutorUnavailable
         from pydantic import ValidationError
         from autoresearch.ledger import LedgerError
         from autoresearch.replay import ReplayError
@@ -53,7 +54,7 @@ def _guard(fn):
             _fail(str(exc), EXIT_ISOLATION)
         except ReplayError as exc:
             _fail(f"replay: {exc}", EXIT_USER)
-        except DeviceUnavailable as exc:
+        except (DeviceUnavailable, ExecutorUnavailable) as exc:
             _fail(str(exc), EXIT_USER)
         except ValidationError as exc:  # options that click let through but the typed run config refuses
             if exc.title != "RunConfig":

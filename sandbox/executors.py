@@ -111,6 +111,36 @@ def _ray_trial(fn: Callable[[TrialRequest], TrialOutput], req: TrialRequest) -> 
     return fn(req)
 
 
+class ExecutorUnavailable(RuntimeError):
+    """The executor asked for cannot run here (e.g. no Ray cluster at the given address)."""
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    rest = address.removeprefix("ray://").strip()
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def _is_loopback(address: str) -> bool:
+    hp = _host_port(address)
+    return hp is not None and (hp[0] in ("localhost", "::1") or hp[0].startswith("127."))
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    import socket
+
+    hp = _host_port(address)
+    if hp is None:
+        raise ExecutorUnavailable(f"--ray-address {address!r} is not HOST:PORT (or ray://HOST:PORT)")
+    try:
+        socket.create_connection(hp, timeout=timeout).close()
+    except OSError as exc:
+        raise ExecutorUnavailable(f"no Ray cluster answers at {address} ({exc}); start one with "
+                                  "`ray start --head` or drop --ray-address to start a local one") from None
+
+
 class RayExecutor:
     """The trial function as Ray tasks (``--executor ray``): one CPU slot, or one GPU, per task.
 
@@ -124,10 +154,15 @@ class RayExecutor:
 
     def __init__(self, address: str | None = None, slots: int = 1, *, max_retries: int = 1,
                  num_gpus_per_trial: float | None = None, init_kwargs: dict | None = None):
-        if not address:
+        loopback = not address or _is_loopback(address)
+        if loopback:
             # Ray turns a 127.0.0.1 node address into the machine's public one (and binds its
-            # servers there) unless "cluster mode" is off; it reads this when first imported.
+            # servers there, or dials the cluster there) unless "cluster mode" is off; it reads
+            # this when first imported.
             os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        if address:
+            # Ray aborts the whole process when no cluster answers; find out first, with a clear error.
+            _check_reachable(address)
         import ray
 
         self.slots = max(1, slots)
@@ -135,7 +170,15 @@ class RayExecutor:
         self._started_here = False
         if not ray.is_initialized():
             if address:
-                ray.init(address=address, **(init_kwargs or {}))
+                try:
+                    ray.init(address=address, log_to_driver=False,
+                             **({"_node_ip_address": "127.0.0.1"} if loopback else {}), **(init_kwargs or {}))
+                except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:
+                    auth = "Auth" in f"{exc!r}{exc.__cause__!r}"
+                    raise ExecutorUnavailable(
+                        f"could not join the Ray cluster at {address}: {str(exc).splitlines()[0]}"
+                        + ("; the cluster wants a token: set RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN or "
+                           "~/.ray/auth_token) here as on the cluster" if auth else "")) from None
             else:
                 ray.init(num_cpus=self.slots, include_dashboard=False, _node_ip_address="127.0.0.1",
                          log_to_driver=False, configure_logging=False, **(init_kwargs or {}))

@@ -68,3 +68,80 @@ def test_ray_executor_runs_a_gated_run_on_loopback(tmp_path):
     assert result["seeds"] == [1, 2] and result["statuses"] == ["ok", "ok"]
     status, detail, seed = result["lost"]
     assert status == "crash" and seed == 7 and "ray task failed on 2 attempt(s)" in detail
+
+
+JOIN = r'''
+import json, sys
+from autoresearch.sandbox.executors import RayExecutor
+from autoresearch.sandbox.trial import TrialOutput, TrialRequest, TrialStatus
+
+def echo(req):
+    import os
+    return TrialOutput(seed=req.seed, status=TrialStatus.OK, detail=f"pid {os.getpid()}", isolation="none")
+
+executor = RayExecutor(address=sys.argv[1])
+import ray
+assert ray.util.get_node_ip_address() == "127.0.0.1"
+req = TrialRequest(workspace="/w", harness="/h", train_data="/t", predict_data="/p", work_dir="/x", seed=3,
+                   config={"device": "cpu"}, train_seconds=1, predict_seconds=1, grace_seconds=1,
+                   memory_bytes=2**30, max_processes=8, max_prediction_bytes=2**20, isolation="none")
+out = executor.map(echo, [req])
+print("RESULT " + json.dumps([out[0].status.value, out[0].seed, out[0].detail]), flush=True)
+'''
+
+
+def test_ray_address_joins_an_existing_loopback_cluster_and_a_dead_one_is_a_clear_error(tmp_path):
+    import signal
+    import socket
+    import time
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    # Ray >= 2.59 makes `ray start` clusters require a token: the driver must carry the same one.
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="token",
+               RAY_AUTH_TOKEN=os.urandom(16).hex())
+    props = tmp_path / "one.jsonl"
+    props.write_text(ADAM + "\n")
+    # Nothing listens there: a clear error at once, no Ray process started, no traffic but loopback.
+    dead = subprocess.run([AUTORESEARCH, "run", "--executor", "ray", "--ray-address", f"127.0.0.1:{free_port()}",
+                           "--proposals-file", str(props), "--runs-dir", str(tmp_path / "runs")],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert dead.returncode == 2 and "no Ray cluster answers" in dead.stderr and "Traceback" not in dead.stderr
+
+    port = free_port()
+    ray_bin = os.path.join(os.path.dirname(PYTHON), "ray")
+    head = subprocess.Popen([ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+                             "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=tmp_path,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and head.poll() is None, "ray head did not start"
+                time.sleep(1)
+        out = subprocess.run([PYTHON, "-c", JOIN, f"127.0.0.1:{port}"], capture_output=True, text=True,
+                             timeout=300, env=env, cwd=tmp_path)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+        line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")][-1]
+        status, seed, detail = json.loads(line[len("RESULT "):])
+        assert status == "ok" and seed == 3 and detail.startswith("pid ")
+        # The wrong token: a clear error naming the fix, not Ray's traceback.
+        wrong = subprocess.run([AUTORESEARCH, "run", "--executor", "ray", "--ray-address", f"127.0.0.1:{port}",
+                                "--proposals-file", str(props), "--runs-dir", str(tmp_path / "runs2")],
+                               capture_output=True, text=True, timeout=300,
+                               env=dict(env, RAY_AUTH_TOKEN=os.urandom(16).hex()))
+        assert wrong.returncode == 2, wrong.stderr[-3000:]
+        assert "could not join the Ray cluster" in wrong.stderr and "Traceback" not in wrong.stderr
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
