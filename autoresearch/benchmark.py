@@ -1,5 +1,8 @@
-"""Benchmarks: a folder with `spec.toml`, a frozen `harness/` and an editable `repo/`.
+"""Benchmarks: a folder with `spec.toml`, a frozen harness and an editable `repo/`.
 
+The harness is either one of the built-in harnesses shipped in `autoresearch/harnesses/`, named by
+the spec's `harness` key (one copy of the trusted code serves every benchmark that uses it), or
+the folder's own `harness/` (a user's custom harness, or a copy made by `init-benchmark`).
 Adding a benchmark is adding a folder; nothing here names a particular one.
 """
 
@@ -82,6 +85,8 @@ class BenchmarkSpec(_Strict):
     metric: MetricSpec = MetricSpec()
     budget: BudgetSpec
     editable: list[str]
+    harness: str | None = Field(default=None, description="a built-in frozen harness by name (a folder of "
+                                "autoresearch/harnesses/); left out, the benchmark folder's own harness/ is used")
     gate: GateDefaults = GateDefaults()
 
     @field_validator("editable")
@@ -90,6 +95,14 @@ class BenchmarkSpec(_Strict):
         for p in v:
             if p.startswith("/") or ".." in Path(p).parts or not p:
                 raise ValueError(f"editable paths must be relative and inside the repo: {p!r}")
+        return v
+
+    @field_validator("harness")
+    @classmethod
+    def _builtin_harness(cls, v: str | None) -> str | None:
+        if v is not None and v not in builtin_harness_names():
+            raise ValueError(f"unknown harness {v!r}: the built-in harnesses are {', '.join(builtin_harness_names())}; "
+                             "leave the key out to use the benchmark folder's own harness/")
         return v
 
 
@@ -104,7 +117,8 @@ class Benchmark:
 
     @property
     def harness_dir(self) -> Path:
-        return self.root / "harness"
+        """The frozen harness this benchmark runs: the built-in one its spec names, else its own harness/."""
+        return builtin_harness_dir() / self.spec.harness if self.spec.harness else self.root / "harness"
 
     @property
     def repo_dir(self) -> Path:
@@ -118,11 +132,16 @@ class Benchmark:
         return {str(p.relative_to(self.repo_dir)): p.read_bytes()
                 for p in sorted(self.repo_dir.rglob("*")) if p.is_file() and "__pycache__" not in p.parts}
 
+    def harness_files(self) -> dict[str, bytes]:
+        """Every file of the frozen harness this benchmark runs, by relative path."""
+        return {str(p.relative_to(self.harness_dir)): p.read_bytes() for p in sorted(self.harness_dir.rglob("*"))
+                if p.is_file() and "__pycache__" not in p.relative_to(self.harness_dir).parts}
+
     def harness_hash(self) -> str:
+        """The exact harness files used plus spec.toml: a change to either (a shared harness included) is a new key."""
         h = hashlib.sha256()
-        for p in sorted(self.harness_dir.rglob("*")):
-            if p.is_file() and "__pycache__" not in p.parts:
-                h.update(str(p.relative_to(self.harness_dir)).encode() + b"\0" + p.read_bytes() + b"\0")
+        for rel, data in self.harness_files().items():
+            h.update(rel.encode() + b"\0" + data + b"\0")
         h.update((self.root / "spec.toml").read_bytes())
         return h.hexdigest()
 
@@ -133,6 +152,15 @@ def builtin_dir() -> Path:
 
 def builtin_names() -> list[str]:
     return sorted(p.name for p in builtin_dir().iterdir() if (p / "spec.toml").is_file())
+
+
+def builtin_harness_dir() -> Path:
+    return Path(str(resources.files("autoresearch") / "harnesses"))
+
+
+def builtin_harness_names() -> list[str]:
+    return sorted(p.name for p in builtin_harness_dir().iterdir()
+                  if (p / "run_train.py").is_file() and (p / "run_predict.py").is_file())
 
 
 def load_benchmark(name_or_path: str | Path) -> Benchmark:
@@ -152,9 +180,16 @@ def load_benchmark(name_or_path: str | Path) -> Benchmark:
         spec = BenchmarkSpec.model_validate(raw)
     except ValidationError as exc:
         raise BenchmarkError(f"{root / 'spec.toml'}: invalid spec:\n{exc}") from None
-    for sub in ("harness", "repo"):
-        if not (root / sub).is_dir():
-            raise BenchmarkError(f"{root}: missing folder {sub}/")
+    own_harness = root / "harness"
+    if spec.harness is not None and own_harness.exists():
+        raise BenchmarkError(f"{root}: spec.toml names the built-in harness {spec.harness!r} and the folder has its "
+                             "own harness/ too; keep one (remove the key to run harness/, or the folder to run the "
+                             "built-in one)")
+    if spec.harness is None and not own_harness.is_dir():
+        raise BenchmarkError(f"{root}: missing folder harness/ (or name a built-in harness in spec.toml: "
+                             f"harness = one of {', '.join(repr(n) for n in builtin_harness_names())})")
+    if not (root / "repo").is_dir():
+        raise BenchmarkError(f"{root}: missing folder repo/")
     for p in spec.editable:
         if not (root / "repo" / p).is_file():
             raise BenchmarkError(f"{root}: editable file {p} is not in repo/")

@@ -327,7 +327,8 @@ def benchmarks(as_json):
                 "needs_hub": hub, "pinned": all(is_pinned(d.fingerprints.get(k, "")) for k in d.sizes),
                 "sizes": d.sizes}
         items.append({"name": b.name, "version": b.spec.version, "description": b.spec.description,
-                      "root": str(b.root), "editable": [str(p.resolve()) for p in b.editable_files()],
+                      "root": str(b.root), "harness": str(b.harness_dir),
+                      "editable": [str(p.resolve()) for p in b.editable_files()],
                       "metric": b.spec.metric.name, "direction": b.spec.metric.direction, "data": data})
     if as_json:
         click.echo(json.dumps(items, indent=2))
@@ -341,6 +342,7 @@ def benchmarks(as_json):
             f"fingerprints NOT pinned: run `autoresearch init-benchmark DEST --from {it['name']}` first"
         console.print(f"    data: {where}; {', '.join(f'{k} {v:,}' for k, v in d['sizes'].items())}; {pins}",
                       highlight=False)
+        console.print(f"    harness (frozen): {it['harness']}", highlight=False)
         for p in it["editable"]:
             console.print(f"    editable: {p}", highlight=False)
 
@@ -419,7 +421,8 @@ def replay(run, onto, verify, seed_base, runs_dir):
 @main.command(name="init-benchmark")
 @click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--from", "template", default="digits-mlp", show_default=True,
-              help="Built-in benchmark or folder to copy (spec, frozen harness, editable repo).")
+              help="Built-in benchmark or folder to copy (spec, frozen harness, editable repo); the copy "
+                   "holds its own harness/.")
 @click.option("--revision", default=None, help="Pin this hub dataset revision (40-hex commit) in the copy.")
 @_guard
 def init_benchmark(dest, template, revision):

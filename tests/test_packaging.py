@@ -19,7 +19,8 @@ def test_wheel_installs_and_runs_outside_the_repo(tmp_path):
     assert tops == {"autoresearch"}, tops  # nothing named agent/, sandbox/ ... at the top of site-packages
     for needed in ["autoresearch/agent/proposal.py", "autoresearch/sandbox/isolation.py",
                    "autoresearch/baselines/digits-mlp/spec.toml", "autoresearch/baselines/digits-mlp/harness/run_train.py",
-                   "autoresearch/baselines/digits-mlp/repo/optim.py"]:
+                   "autoresearch/baselines/digits-mlp/repo/optim.py", "autoresearch/harnesses/torch-classifier/run_train.py",
+                   "autoresearch/harnesses/torch-classifier/run_predict.py"]:
         assert needed in names, needed
 
     env_dir = tmp_path / "venv"

@@ -3,8 +3,12 @@
 # sandbox's *train* phase: it fixes the seed and the determinism settings, loads the train split
 # (the only data this phase can see), hands the editable code the model, the data and the fixed
 # budget, then checks the result and writes the checkpoint. The score is computed later, outside
-# the sandbox, by trusted code. The same harness serves image (uint8 [N, C, H, W]) and token-id
-# ([N, L]) inputs: the editable model gets the input shape and does its own normalisation.
+# the sandbox, by trusted code. The same harness serves image (uint8 [N, C, H, W]), token-id
+# ([N, L]) and feature-vector ([N, F]) inputs: the editable model gets the input shape and does its
+# own normalisation.
+# Shipped as autoresearch's built-in `torch-classifier` harness (autoresearch/harnesses/), shared by
+# every benchmark whose spec.toml says `harness = "torch-classifier"`; `init-benchmark` copies it
+# into a new benchmark's own harness/.
 import argparse
 import hashlib
 import json

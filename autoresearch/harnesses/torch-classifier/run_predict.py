@@ -3,6 +3,7 @@
 # inputs of the val and test splits, never their labels. It writes one float32 array of class
 # logits per split (rows = examples, columns = classes). Trusted code outside the sandbox checks
 # the shape, size and values, and alone computes the metric.
+# Built-in `torch-classifier` harness (see run_train.py beside it).
 import argparse
 import json
 import os
