@@ -1,5 +1,9 @@
 """`autoresearch init-benchmark`: a user's benchmark folder scaffolded from a template, with the
-fingerprints of its splits computed on this machine and pinned in its spec."""
+fingerprints of its splits computed on this machine and pinned in its spec.
+
+The copy is self-contained: a template that runs a built-in harness gets that harness's files
+copied into DEST/harness/ and its `harness` key dropped, so that upgrading autoresearch never
+changes the frozen code of a user's benchmark behind their back."""
 
 from __future__ import annotations
 
@@ -30,13 +34,34 @@ def init_benchmark(dest: Path, template: str = "digits-mlp", *, revision: str | 
     if revision is not None and not re.fullmatch(r"[0-9a-f]{40}", revision):
         raise BenchmarkError(f"--revision must be a full 40-hex commit sha, got {revision!r}")
     created = not dest.exists()
-    shutil.copytree(src.root, dest, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+    ignore = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(src.root, dest, ignore=ignore, dirs_exist_ok=True)
     try:
+        if src.spec.harness is not None:
+            shutil.copytree(src.harness_dir, dest / "harness", ignore=ignore)
+            _drop_harness_key(dest / "spec.toml", src.spec.harness)
         return _pin(src.name, dest, revision)
     except BaseException:
         if created:  # leave no half-made benchmark behind
             shutil.rmtree(dest, ignore_errors=True)
         raise
+
+
+def _drop_harness_key(spec_path: Path, name: str) -> None:
+    """Replace the top-level `harness = ...` line with a note: the copy runs its own harness/ now."""
+    text = spec_path.read_text()
+    want = tomllib.loads(text)
+    want.pop("harness", None)
+    note = f"# harness/ is a frozen copy of autoresearch's built-in {name} harness, made by init-benchmark"
+    for line in re.finditer(r"^harness\s*=.*$", text, flags=re.M):  # the one whose removal leaves the rest as is
+        edited = text[:line.start()] + note + text[line.end():]
+        try:
+            if tomllib.loads(edited) == want:
+                spec_path.write_text(edited)
+                return
+        except tomllib.TOMLDecodeError:
+            continue
+    raise BenchmarkError(f"{spec_path}: could not drop the top-level `harness = ...` line of the copy")
 
 
 def _pin(template: str, dest: Path, revision: str | None) -> dict[str, str]:
