@@ -1,5 +1,6 @@
 """The built wheel installs under one namespace and runs `autoresearch --help` outside the repo."""
 
+import json
 import subprocess
 import sys
 import venv
@@ -18,8 +19,8 @@ def test_wheel_installs_and_runs_outside_the_repo(tmp_path):
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
     assert tops == {"autoresearch"}, tops  # nothing named agent/, sandbox/ ... at the top of site-packages
     for needed in ["autoresearch/agent/proposal.py", "autoresearch/sandbox/isolation.py",
-                   "autoresearch/baselines/digits-mlp/spec.toml", "autoresearch/baselines/digits-mlp/harness/run_train.py",
-                   "autoresearch/baselines/digits-mlp/repo/optim.py", "autoresearch/harnesses/torch-classifier/run_train.py",
+                   "autoresearch/baselines/digits-mlp/spec.toml", "autoresearch/baselines/digits-mlp/repo/optim.py",
+                   "autoresearch/harnesses/torch-classifier/run_train.py",
                    "autoresearch/harnesses/torch-classifier/run_predict.py"]:
         assert needed in names, needed
 
@@ -37,3 +38,25 @@ def test_wheel_installs_and_runs_outside_the_repo(tmp_path):
                             "import autoresearch.agent.proposal as p, autoresearch; print(p.__file__)"],
                            capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert str(env_dir) in where.stdout and str(REPO_ROOT) not in where.stdout
+    # Every shipped spec that names a built-in harness finds its files in the installed package.
+    shipped = subprocess.run([str(env_dir / "bin" / "python"), "-c", SHIPPED_HARNESSES],
+                             capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert shipped.returncode == 0, shipped.stderr
+    uses = json.loads(shipped.stdout)
+    assert uses and all(files == ["run_predict.py", "run_train.py"] for files in uses.values()), uses
+    assert all(str(env_dir) in where for where in uses), uses
+
+
+SHIPPED_HARNESSES = """
+import json, tomllib
+from importlib import resources
+pkg = resources.files("autoresearch")
+uses = {}
+for bench in (pkg / "baselines").iterdir():
+    if bench.joinpath("spec.toml").is_file():
+        name = tomllib.loads(bench.joinpath("spec.toml").read_text()).get("harness")
+        if name:
+            folder = pkg / "harnesses" / name
+            uses[str(folder)] = sorted(p.name for p in folder.iterdir() if p.name.endswith(".py"))
+print(json.dumps(uses))
+"""

@@ -7,8 +7,9 @@ Canary files are named ``"PW" + "NED"`` built at run time, so the literal never 
 proposals, the ledger or the reports, only in a file an attack managed to write.
 
 Placeholders filled in by the fixture: @RUNS_DIR@ (the runs folder, absolute), @REPO_ROOT@ (this
-checkout), @BENCH@ (the benchmark copy in use), @PORT@ (a TCP listener on the host's 127.0.0.1),
-@ABSTRACT@ (a host abstract unix socket), @CANARY_KEY@ (an API-key-like value in the run's env).
+checkout), @BENCH@ (the benchmark copy in use), @HARNESS@ (the frozen harness folder it runs: the
+shared built-in one), @PORT@ (a TCP listener on the host's 127.0.0.1), @ABSTRACT@ (a host abstract
+unix socket), @CANARY_KEY@ (an API-key-like value in the run's env).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import textwrap
 from dataclasses import dataclass, field
 
 TRAIN_ANCHOR = "    n = x.shape[0]\n"
-MODEL_ANCHOR = "def build_model(in_features: int, num_classes: int) -> nn.Module:\n"
+MODEL_ANCHOR = "def build_model(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:\n"
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ CASES: list[Case] = [
     # ------------------------------------------------------------ the editable set
     Case("edit-harness-relative", edit("edit harness via ../", "../harness/run_train.py", "EXIT_TAMPERED = 4",
                                        "EXIT_TAMPERED = 0"), ("not_editable",)),
-    Case("create-harness-absolute", edit("absolute path into harness", "@BENCH@/harness/run_train.py"),
+    Case("create-harness-absolute", edit("absolute path into harness", "@HARNESS@/run_train.py"),
          ("not_editable",)),
     Case("edit-spec", edit("loosen the budget", "../spec.toml", "epochs = 10", "epochs = 1000"), ("not_editable",)),
     Case("create-data", edit("overwrite labels", "../../data/labels/test_y.npy"), ("not_editable",)),
@@ -217,7 +218,7 @@ CASES: list[Case] = [
         name = "PW" + "NED"
         wrote = []
         for target in ("/sandbox/harness/run_train.py", "/sandbox/repo/model.py", "/sandbox/data/train_y.npy",
-                       "@BENCH@/harness/run_predict.py", "@BENCH@/spec.toml", "@REPO_ROOT@/autoresearch/scoring.py",
+                       "@HARNESS@/run_predict.py", "@BENCH@/spec.toml", "@REPO_ROOT@/autoresearch/scoring.py",
                        "/sandbox/harness/" + name, "/sandbox/repo/" + name, "/" + name, "/usr/" + name):
             try:
                 with open(target, "ab") as f:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from autoresearch.benchmark import load_benchmark
 from autoresearch.sandbox.isolation import bubblewrap_works
 from autoresearch.sandbox.trial import tree_hash
 from adversarial.cases import CASES
@@ -68,7 +69,7 @@ class SuiteRun:
     parts: list[list]  # the cases of each run, in proposal order
     runs_dir: Path
     bench: Path
-    bench_hash_before: str
+    bench_hash_before: str  # the benchmark copy and the harness it runs
     bench_hash_after: str
     summaries: list[dict]
     by_name: dict[str, dict]
@@ -95,11 +96,12 @@ def suite(tmp_path_factory) -> SuiteRun:
                            memory_mb=1024)
     runs_dir = root / "runs"
     listeners = HostListeners().start()
-    values = {"RUNS_DIR": str(runs_dir), "REPO_ROOT": str(REPO_ROOT), "BENCH": str(bench), "PORT": str(listeners.port),
-              "ABSTRACT": listeners.abstract, "CANARY_KEY": CANARY_KEY}
+    harness = load_benchmark(bench).harness_dir  # outside the copy: the shared built-in harness
+    values = {"RUNS_DIR": str(runs_dir), "REPO_ROOT": str(REPO_ROOT), "BENCH": str(bench), "HARNESS": str(harness),
+              "PORT": str(listeners.port), "ABSTRACT": listeners.abstract, "CANARY_KEY": CANARY_KEY}
     # Two runs side by side (one per core on a 2-core CI machine), each with half of the cases.
     parts = [CASES[i::PARTS] for i in range(PARTS)]
-    bench_hash = tree_hash(bench)
+    bench_hash = tree_hash(bench) + tree_hash(harness)
     shm_before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
     env = dict(os.environ, OPENAI_API_KEY=CANARY_KEY, AUTORESEARCH_TEST_API_KEY=CANARY_KEY, COLUMNS="200")
     started = time.monotonic()
@@ -125,6 +127,6 @@ def suite(tmp_path_factory) -> SuiteRun:
         summaries.append(summary)
     listeners.close()
     return SuiteRun(run_dirs=run_dirs, parts=parts, runs_dir=runs_dir, bench=bench, bench_hash_before=bench_hash,
-                    bench_hash_after=tree_hash(bench), summaries=summaries, by_name=by_name, listeners=listeners,
-                    wall_seconds=wall, returncodes=[p.returncode for p in procs],
+                    bench_hash_after=tree_hash(bench) + tree_hash(harness), summaries=summaries, by_name=by_name,
+                    listeners=listeners, wall_seconds=wall, returncodes=[p.returncode for p in procs],
                     output="\n".join(o[0][-3000:] + o[1][-3000:] for o in outputs), host_shm_before=shm_before)
