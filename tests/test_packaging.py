@@ -42,8 +42,11 @@ def test_wheel_installs_and_runs_outside_the_repo(tmp_path):
     shipped = subprocess.run([str(env_dir / "bin" / "python"), "-c", SHIPPED_HARNESSES],
                              capture_output=True, text=True, cwd=tmp_path, timeout=60)
     assert shipped.returncode == 0, shipped.stderr
-    uses = json.loads(shipped.stdout)
+    uses, both = json.loads(shipped.stdout)
     assert uses and all(files == ["run_predict.py", "run_train.py"] for files in uses.values()), uses
+    # A spec that names a harness beside a harness/ folder refuses to load (setuptools reuses a stale
+    # build/lib: after harness folders were removed from the source, `rm -rf build` before building).
+    assert not both, f"the wheel ships harness/ folders beside a harness key: {both}"
     assert all(str(env_dir) in where for where in uses), uses
 
 
@@ -51,12 +54,14 @@ SHIPPED_HARNESSES = """
 import json, tomllib
 from importlib import resources
 pkg = resources.files("autoresearch")
-uses = {}
+uses, both = {}, []
 for bench in (pkg / "baselines").iterdir():
     if bench.joinpath("spec.toml").is_file():
         name = tomllib.loads(bench.joinpath("spec.toml").read_text()).get("harness")
         if name:
             folder = pkg / "harnesses" / name
             uses[str(folder)] = sorted(p.name for p in folder.iterdir() if p.name.endswith(".py"))
-print(json.dumps(uses))
+            if bench.joinpath("harness").is_dir():
+                both.append(bench.name)
+print(json.dumps([uses, both]))
 """
