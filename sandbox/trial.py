@@ -20,7 +20,7 @@ from pathlib import Path
 
 from autoresearch.sandbox.isolation import Limits, Mount, SandboxResult, run_sandboxed
 
-EXIT_NONFINITE = 3  # the harness's convention (see any benchmark's harness/run_train.py)
+EXIT_NONFINITE = 3  # the harness's convention (see autoresearch/harnesses/torch-classifier/run_train.py)
 EXIT_TAMPERED = 4
 
 
