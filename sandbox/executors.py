@@ -180,7 +180,9 @@ class RayExecutor:
                         + ("; the cluster wants a token: set RAY_AUTH_MODE=token and its token (RAY_AUTH_TOKEN or "
                            "~/.ray/auth_token) here as on the cluster" if auth else "")) from None
             else:
-                ray.init(num_cpus=self.slots, include_dashboard=False, _node_ip_address="127.0.0.1",
+                # address="local": always a new cluster of our own, never one found through a
+                # (possibly stale) /tmp/ray/ray_current_cluster that may not be on loopback.
+                ray.init(address="local", num_cpus=self.slots, include_dashboard=False, _node_ip_address="127.0.0.1",
                          log_to_driver=False, configure_logging=False, **(init_kwargs or {}))
                 self._started_here = True
                 node_ip = ray.util.get_node_ip_address()

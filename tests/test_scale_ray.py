@@ -91,8 +91,10 @@ print("RESULT " + json.dumps([out[0].status.value, out[0].seed, out[0].detail]),
 
 
 def test_ray_address_joins_an_existing_loopback_cluster_and_a_dead_one_is_a_clear_error(tmp_path):
+    import shutil
     import signal
     import socket
+    import tempfile
     import time
 
     def free_port() -> int:
@@ -113,8 +115,13 @@ def test_ray_address_joins_an_existing_loopback_cluster_and_a_dead_one_is_a_clea
 
     port = free_port()
     ray_bin = os.path.join(os.path.dirname(PYTHON), "ray")
+    # A private Ray temp dir (short: Ray's socket paths must fit 107 bytes): the head's session files
+    # and its ray_current_cluster pointer must not outlive this test in the machine's /tmp/ray.
+    ray_tmp = tempfile.mkdtemp(prefix="rayt", dir="/tmp")
+    env["RAY_TMPDIR"] = ray_tmp
     head = subprocess.Popen([ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-                             "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"],
+                             f"--temp-dir={ray_tmp}", "--num-cpus=1", "--include-dashboard=false",
+                             "--disable-usage-stats"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=tmp_path,
                             start_new_session=True)
     try:
@@ -145,3 +152,4 @@ def test_ray_address_joins_an_existing_loopback_cluster_and_a_dead_one_is_a_clea
             head.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
