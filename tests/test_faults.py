@@ -118,23 +118,31 @@ def test_kill_at_a_point_then_resume(setup, reference, tmp_path, fault):
     assert snapshot(run_dir) == reference
 
 
+def _wait_for_first_trial(runs: Path, proc: subprocess.Popen, timeout: float = 600) -> None:
+    """Until the running `autoresearch run` has one trial in its ledger (or it ends, or time runs out)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        ledgers = list(runs.glob("*/ledger.sqlite")) if runs.is_dir() else []
+        if ledgers:
+            try:
+                conn = sqlite3.connect(f"file:{ledgers[0]}?mode=ro", uri=True, timeout=5)
+                try:
+                    if conn.execute("SELECT COUNT(*) FROM trials").fetchone()[0] >= 1:
+                        return
+                finally:
+                    conn.close()
+            except sqlite3.Error:
+                pass
+        time.sleep(0.2)
+
+
 def test_plain_timed_kill_then_resume(setup, reference, tmp_path):
     """SIGKILL from outside, once the first trial is in the ledger (a moment nobody chose)."""
     runs = tmp_path / "runs"
     proc = subprocess.Popen(_run_cmd(setup["bench"], setup["proposals"], runs), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=_env())
-    deadline = time.monotonic() + 600
     try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            ledgers = list(runs.glob("*/ledger.sqlite")) if runs.is_dir() else []
-            if ledgers:
-                try:
-                    conn = sqlite3.connect(f"file:{ledgers[0]}?mode=ro", uri=True, timeout=5)
-                    if conn.execute("SELECT COUNT(*) FROM trials").fetchone()[0] >= 1:
-                        break
-                except sqlite3.Error:
-                    pass
-            time.sleep(0.2)
+        _wait_for_first_trial(runs, proc)
         time.sleep(1.5)
     finally:
         proc.send_signal(signal.SIGKILL)
@@ -177,17 +185,7 @@ def test_full_disk_mid_run_is_a_storage_error_and_resumes(setup, reference, tmp_
         proc = subprocess.Popen(_run_cmd(setup["bench"], setup["proposals"], runs), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, env=_env())
         filler = runs / "filler"
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and proc.poll() is None:
-            ledgers = list(runs.glob("*/ledger.sqlite"))
-            if ledgers:
-                try:
-                    conn = sqlite3.connect(f"file:{ledgers[0]}?mode=ro", uri=True, timeout=5)
-                    if conn.execute("SELECT COUNT(*) FROM trials").fetchone()[0] >= 1:
-                        break
-                except sqlite3.Error:
-                    pass
-            time.sleep(0.2)
+        _wait_for_first_trial(runs, proc)
         # Fill the disk to the last byte while the run goes on.
         with open(filler, "wb") as f:
             try:

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from conftest import ADAM, AUTORESEARCH, PYTHON, REPO_ROOT, copy_benchmark
+from conftest import ADAM, AUTORESEARCH, PYTHON, copy_benchmark
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
@@ -97,10 +97,7 @@ def test_ray_address_joins_an_existing_loopback_cluster_and_a_dead_one_is_a_clea
     import tempfile
     import time
 
-    def free_port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
+    from autoresearch.agent.local_llm import free_port
 
     # Ray >= 2.59 makes `ray start` clusters require a token: the driver must carry the same one.
     env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="token",
