@@ -221,9 +221,14 @@ def materialise_splits(spec: BenchmarkSpec) -> dict[str, Split]:
     return permutation_split(x, y, seed=spec.data.split_seed, sizes=spec.data.sizes)
 
 
+def unpinned_splits(spec: BenchmarkSpec) -> list[str]:
+    """The spec's splits that have no pinned sha256 fingerprint."""
+    return sorted(k for k in spec.data.sizes if not is_pinned(spec.data.fingerprints.get(k, "")))
+
+
 def require_pins(spec: BenchmarkSpec) -> None:
     """Refuse, before any download, a spec whose fingerprints are not all pinned sha256 digests."""
-    unpinned = sorted(k for k in spec.data.sizes if not is_pinned(spec.data.fingerprints.get(k, "")))
+    unpinned = unpinned_splits(spec)
     if unpinned:
         raise DataMismatch(
             f"benchmark {spec.name}: split(s) {unpinned} have no pinned fingerprint in spec.toml, so there is nothing "

@@ -315,8 +315,7 @@ def list_runs(runs_dir):
 @_guard
 def benchmarks(as_json):
     """List the built-in benchmarks and their editable files."""
-    from autoresearch.benchmark import builtin_names, load_benchmark
-    from autoresearch.datasets import is_pinned
+    from autoresearch.benchmark import builtin_names, load_benchmark, unpinned_splits
 
     items = []
     for name in builtin_names():
@@ -324,7 +323,7 @@ def benchmarks(as_json):
         d = b.spec.data
         hub = d.source == "hf-datasets" and not Path(str(d.options.get("path", ""))).expanduser().is_dir()
         data = {"source": d.source, "dataset": d.options.get("path"), "revision": d.options.get("revision"),
-                "needs_hub": hub, "pinned": all(is_pinned(d.fingerprints.get(k, "")) for k in d.sizes),
+                "needs_hub": hub, "pinned": not unpinned_splits(b.spec),
                 "sizes": d.sizes}
         items.append({"name": b.name, "version": b.spec.version, "description": b.spec.description,
                       "root": str(b.root), "harness": str(b.harness_dir),

@@ -105,7 +105,8 @@ def _ray_trial(fn: Callable[[TrialRequest], TrialOutput], req: TrialRequest) -> 
     if gpus:
         # Ray narrowed this worker's CUDA_VISIBLE_DEVICES to its GPU, so it is the worker's cuda:0;
         # without the driver's GPU list, fall back to Ray's (nvidia-smi) index as the node number.
-        req = pin_request(req, "cuda:0" if nvidia_gpus() else f"cuda:{int(gpus[0])}")
+        table = nvidia_gpus()
+        req = pin_request(req, "cuda:0" if table else f"cuda:{int(gpus[0])}", gpus=table)
     elif req.config.get("device", "cpu") != "cpu":
         req = pin_request(req, "cpu")
     return fn(req)
