@@ -379,8 +379,14 @@ def _dir_size(paths: list[Path]) -> int:
 
 def run_sandboxed(argv: list[str], *, mounts: list[Mount], limits: Limits, isolation: str,
                   env: dict[str, str] | None = None, cwd: str = "/tmp",
-                  devices: list[str] = ()) -> SandboxResult:
-    """Run argv (inside paths) under isolation with limits; never raises for the command's own failure."""
+                  devices: list[str] = (), stdin_data: bytes | None = None,
+                  pass_fds: tuple[int, ...] = ()) -> SandboxResult:
+    """Run argv (inside paths) under isolation with limits; never raises for the command's own failure.
+
+    ``stdin_data`` is written to the command's stdin (then closed): how the trusted side hands a
+    harness its instructions without putting them in argv or the environment. ``pass_fds`` are
+    host file descriptors kept open, with the same numbers, inside the sandbox (e.g. a results
+    file the harness writes to and no path inside the sandbox names)."""
     t_start = time.monotonic()
     cmd, proc_env, host_cwd = build_command(argv, mounts, isolation=isolation, limits=limits,
                                             env=env or {}, cwd=cwd, devices=list(devices))
@@ -409,10 +415,13 @@ def run_sandboxed(argv: list[str], *, mounts: list[Mount], limits: Limits, isola
                      "processes capped by RLIMIT_NPROC")
     elif "memory" not in cgroup.dirs and not use_rlimit_as:
         notes.append("memory cgroup unavailable: host memory NOT capped (a GPU trial: RLIMIT_AS would break CUDA)")
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL if stdin_data is None else subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env=proc_env if isolation != "bubblewrap" else {"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-                            cwd=host_cwd, preexec_fn=preexec, close_fds=True)
+                            cwd=host_cwd, preexec_fn=preexec, close_fds=True, pass_fds=tuple(pass_fds))
     start_seconds = time.monotonic() - t_start
+    if stdin_data is not None:
+        threading.Thread(target=_feed_stdin, args=(proc, stdin_data), daemon=True).start()
 
     head = bytearray()
     tail = bytearray()
@@ -485,6 +494,21 @@ def run_sandboxed(argv: list[str], *, mounts: list[Mount], limits: Limits, isola
         log_bytes=total[0], isolation=isolation, peak_memory_bytes=peak, leftover_processes=leftovers,
         notes=notes,
     )
+
+
+def _feed_stdin(proc: subprocess.Popen, data: bytes) -> None:
+    """Write the command's instructions and close its stdin; a command that never reads them (or
+    dies first) only ends the write, never the caller."""
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(data)
+    except (BrokenPipeError, OSError, ValueError):
+        pass
+    finally:
+        try:
+            proc.stdin.close()
+        except (BrokenPipeError, OSError):
+            pass
 
 
 def _kill_tree(proc: subprocess.Popen) -> None:
