@@ -1,5 +1,17 @@
-"""Proposals: parse them (JSON object, fenced JSON, or aider-style SEARCH/REPLACE blocks) and
-apply their edits to the incumbent's files, confined to the benchmark's editable set.
+"""Proposals: parse them and apply their edits to the incumbent's files, confined to the
+benchmark's editable set.
+
+A model may reply in one of two edit formats:
+- search-replace: ``{"title", "hypothesis", "edits": [{"path", "search", "replace"}]}`` (also as
+  aider-style ``<<<<<<< SEARCH`` / ``=======`` / ``>>>>>>> REPLACE`` blocks);
+- whole-file: ``{"title", "hypothesis", "file": {"path", "content"}}``, the complete new content of
+  ONE editable file (also as the file's path on a line, then a ```python fence), which small models
+  write far more reliably than exact search text. It becomes one edit with an empty search, which
+  replaces the whole file, so the engine applies both formats the same way.
+
+The pydantic models below are the one declared shape of a reply: they give the JSON schema for
+constrained decoding, the validation and the parsing. ``Proposal`` and ``Edit`` are the plain
+values the engine applies, built only from a validated reply (or by trusted code).
 
 Everything here is pure: text in, text out. Nothing touches the disk, so a hostile reply can at
 worst be rejected; writing the result into a workspace is the engine's job.
@@ -8,34 +20,28 @@ worst be rejected; writing the result into a workspace is the engine's job.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
 import posixpath
 import re
 from dataclasses import asdict, dataclass, field
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 MAX_EDITS = 50
-MAX_TEXT_CHARS = 200_000  # per search/replace text
+MAX_TEXT_CHARS = 200_000  # per search/replace text, and per whole-file content
 MAX_TITLE_CHARS = 200
 MAX_HYPOTHESIS_CHARS = 4000
 
-# JSON schema of one proposal object, given to servers that support schema-constrained JSON.
-PROPOSAL_SCHEMA: dict = {
-    "type": "object",
-    "properties": {
-        "title": {"type": "string"},
-        "hypothesis": {"type": "string"},
-        "edits": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "properties": {"path": {"type": "string"}, "search": {"type": "string"},
-                               "replace": {"type": "string"}},
-                "required": ["path", "search", "replace"],
-            },
-        },
-    },
-    "required": ["title", "hypothesis", "edits"],
-}
+EditFormat = Literal["whole-file", "search-replace"]
+EDIT_FORMATS: tuple[EditFormat, ...] = ("whole-file", "search-replace")
+# "auto" picks whole-file only when every editable file is at most this long (about 900 tokens of
+# code: the reply repeats the whole file, so it must fit the reply's token budget) ...
+WHOLE_FILE_MAX_CHARS = 3000
+# ... and the model is small: a parameter count in its name of at most this many billions
+# (qwen2.5-coder-1.5b, llama-3.2-3b, qwen2.5-coder-7b, llama3:8b), or no name (the embedded default).
+SMALL_MODEL_MAX_BILLIONS = 8.0
 
 
 class ProposalRejected(ValueError):
@@ -77,55 +83,193 @@ class Proposal:
 
     def fingerprint(self) -> str:
         """Identity of the change itself (not its wording), to spot a repeated proposal."""
-        import hashlib
-
         return hashlib.sha256(json.dumps([asdict(e) for e in self.edits], sort_keys=True).encode()).hexdigest()
 
 
-def _check_text(value: str, what: str) -> None:
+# --------------------------------------------------------------------------- the reply's shape
+# Limits are validators, not schema keywords: llama.cpp's grammar converter expands a maxLength or
+# maxItems into one rule per repetition, and the schema only needs to give the decoder the shape.
+
+
+def _valid_unicode(value: str) -> str:
     """Lone surrogates (from JSON escapes like \\ud800) cannot be written to git, SQLite or reports."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidProposal(f"{what} is not valid Unicode text (lone surrogate)") from None
+        raise ValueError("is not valid Unicode text (lone surrogate)") from None
+    return value
+
+
+def _bounded(value: str) -> str:
+    if len(value) > MAX_TEXT_CHARS:
+        raise ValueError(f"is larger than {MAX_TEXT_CHARS} characters")
+    return value
+
+
+def _title(value: str) -> str:
+    if not value.strip():
+        raise ValueError("is empty")
+    return value.strip()[:MAX_TITLE_CHARS]
+
+
+def _hypothesis(value: str) -> str:
+    return value.strip()[:MAX_HYPOTHESIS_CHARS]
+
+
+def _edit_count(value: object) -> object:
+    # Before the items are validated: a reply with thousands of edits is refused without reading them.
+    if isinstance(value, list):
+        if not value:
+            raise ValueError("is empty: the proposal has no edits")
+        if len(value) > MAX_EDITS:
+            raise ValueError(f"has {len(value)} edits; at most {MAX_EDITS} are accepted")
+    return value
+
+
+_OUTER_FENCE = re.compile(r"\A\s*```[^\n]*\n(.*?)\n?```\s*\Z", re.DOTALL)
+
+
+def _file_content(value: str) -> str:
+    # Small models often wrap the file in a fence even inside JSON; the fence is not code.
+    m = _OUTER_FENCE.match(value)
+    if m:
+        value = m.group(1)
+    if not value.strip():
+        raise ValueError("is empty; send the complete new file")
+    # One final newline, so a reply that repeats the file without it is not a change.
+    return value.rstrip("\n") + "\n"
+
+
+Text = Annotated[str, AfterValidator(_valid_unicode)]
+EditText = Annotated[str, AfterValidator(_bounded), AfterValidator(_valid_unicode)]
+Title = Annotated[str, AfterValidator(_valid_unicode), AfterValidator(_title)]
+Hypothesis = Annotated[str, AfterValidator(_valid_unicode), AfterValidator(_hypothesis)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class EditReply(_Strict):
+    path: Text
+    search: EditText = ""  # empty: create the file, or replace the whole editable file
+    replace: EditText
+
+
+class SearchReplaceReply(_Strict):
+    """The search-replace format: exact text copied from a file, and its replacement."""
+
+    title: Title
+    hypothesis: Hypothesis = ""
+    edits: Annotated[list[EditReply], BeforeValidator(_edit_count)]
+
+    def to_proposal(self) -> Proposal:
+        return Proposal(title=self.title, hypothesis=self.hypothesis,
+                        edits=tuple(Edit(path=e.path, search=e.search, replace=e.replace) for e in self.edits))
+
+
+class FileReply(_Strict):
+    path: Text
+    content: Annotated[EditText, AfterValidator(_file_content)]
+
+
+class WholeFileReply(_Strict):
+    """The whole-file format: the complete new content of one editable file."""
+
+    title: Title
+    hypothesis: Hypothesis = ""
+    file: FileReply
+
+    def to_proposal(self) -> Proposal:
+        return Proposal(title=self.title, hypothesis=self.hypothesis,
+                        edits=(Edit(path=self.file.path, search="", replace=self.file.content),))
+
+
+def _decoding_schema(model: type[BaseModel]) -> dict:
+    """The model's JSON schema, flattened for grammar converters: nested models inlined (no $ref),
+    no titles or defaults, and every field required (the decoder always writes each one; the parser
+    still tolerates a missing hypothesis or search from an unconstrained reply)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def simplify(node: dict) -> dict:
+        if "$ref" in node:
+            return simplify(defs[node["$ref"].rsplit("/", 1)[-1]])
+        out = {k: v for k, v in node.items() if k not in ("title", "default", "description")}
+        if "items" in out:
+            out["items"] = simplify(out["items"])
+        if "properties" in out:
+            out["properties"] = {name: simplify(sub) for name, sub in out["properties"].items()}
+            out["required"] = list(out["properties"])
+        return out
+
+    return simplify(schema)
+
+
+# JSON schema of one reply per edit format, for servers with schema-constrained JSON
+# (``response_format={"type": "json_object", "schema": ...}`` on llama.cpp).
+PROPOSAL_SCHEMA: dict = _decoding_schema(SearchReplaceReply)
+WHOLE_FILE_SCHEMA: dict = _decoding_schema(WholeFileReply)
+
+
+def proposal_schema(edit_format: EditFormat) -> dict:
+    return {"search-replace": PROPOSAL_SCHEMA, "whole-file": WHOLE_FILE_SCHEMA}[edit_format]
+
+
+def _where(loc: tuple) -> str:
+    """'title', edit 2: path, file.content: where in the reply an error is, in the reply's terms."""
+    if len(loc) >= 2 and loc[0] == "edits" and isinstance(loc[1], int):
+        return f"edit {loc[1]}" + (f": {'.'.join(map(str, loc[2:]))}" if len(loc) > 2 else "")
+    return "'" + ".".join(map(str, loc)) + "'" if loc else "the proposal"
+
+
+def _explain(exc: ValidationError, model: type[BaseModel]) -> str:
+    """One short message per problem, never echoing the input (it can be megabytes)."""
+    problems: list[str] = []
+    unknown: dict[tuple, list[str]] = {}
+    for err in exc.errors(include_url=False, include_input=False):
+        loc, kind = tuple(err["loc"]), err["type"]
+        if kind == "extra_forbidden":
+            unknown.setdefault(loc[:-1], []).append(str(loc[-1]))
+            continue
+        where = _where(loc)
+        if kind == "value_error":
+            text = f"{where} {err['ctx']['error']}"
+        elif kind == "missing":
+            text = f"{_where(loc[:-1])}: missing '{loc[-1]}'" if len(loc) > 1 else f"missing '{loc[0]}'"
+        elif kind in ("string_type", "string_unicode") and len(loc) == 3 and loc[0] == "edits":
+            text = f"edit {loc[1]}: path, search and replace must all be strings"
+        elif kind == "string_type":
+            text = f"{where} must be a string"
+        elif kind == "list_type":
+            text = f"{where} must be a list"
+        elif kind in ("model_type", "dict_type", "model_attributes_type"):
+            text = f"{where} is not an object"
+        else:
+            text = f"{where}: {err['msg']}"
+        if text not in problems:
+            problems.append(text)
+    for loc, names in unknown.items():
+        if not loc:
+            expected = ", ".join(model.model_fields)
+            hint = "; a whole-file reply has 'file' instead of 'edits'" if "file" in names else ""
+            problems.insert(0, f"unknown field(s) {sorted(names)}; expected {expected}{hint}")
+        else:
+            problems.insert(0, f"{_where(loc)} has unknown field(s) {sorted(names)}")
+    return "; ".join(problems[:4]) + (f" (and {len(problems) - 4} more)" if len(problems) > 4 else "")
 
 
 def proposal_from_object(obj: object) -> Proposal:
+    """Validate a decoded reply against its format's model (whole-file when it has 'file' and no
+    'edits', else search-replace) and return the proposal it describes."""
     if not isinstance(obj, dict):
         raise InvalidProposal(f"a proposal must be a JSON object, got {type(obj).__name__}")
-    unknown = set(obj) - {"title", "hypothesis", "edits"}
-    if unknown:
-        raise InvalidProposal(f"unknown field(s) {sorted(unknown)}; expected title, hypothesis, edits")
-    title, hypothesis, edits = obj.get("title"), obj.get("hypothesis", ""), obj.get("edits")
-    if not isinstance(title, str) or not title.strip():
-        raise InvalidProposal("missing or empty 'title'")
-    if not isinstance(hypothesis, str):
-        raise InvalidProposal("'hypothesis' must be a string")
-    _check_text(title, "'title'")
-    _check_text(hypothesis, "'hypothesis'")
-    if not isinstance(edits, list):
-        raise InvalidProposal("'edits' must be a list")
-    if not edits:
-        raise InvalidProposal("the proposal has no edits")
-    if len(edits) > MAX_EDITS:
-        raise InvalidProposal(f"{len(edits)} edits; at most {MAX_EDITS} are accepted")
-    parsed = []
-    for i, e in enumerate(edits):
-        if not isinstance(e, dict):
-            raise InvalidProposal(f"edit {i} is not an object")
-        extra = set(e) - {"path", "search", "replace"}
-        if extra:
-            raise InvalidProposal(f"edit {i} has unknown field(s) {sorted(extra)}")
-        path, search, replace = e.get("path"), e.get("search", ""), e.get("replace")
-        if not isinstance(path, str) or not isinstance(search, str) or not isinstance(replace, str):
-            raise InvalidProposal(f"edit {i}: path, search and replace must all be strings")
-        if len(search) > MAX_TEXT_CHARS or len(replace) > MAX_TEXT_CHARS:
-            raise InvalidProposal(f"edit {i} is larger than {MAX_TEXT_CHARS} characters")
-        for value, what in ((path, "path"), (search, "search"), (replace, "replace")):
-            _check_text(value, f"edit {i}: {what}")
-        parsed.append(Edit(path=path, search=search, replace=replace))
-    return Proposal(title=title.strip()[:MAX_TITLE_CHARS], hypothesis=hypothesis.strip()[:MAX_HYPOTHESIS_CHARS],
-                    edits=tuple(parsed))
+    model: type[SearchReplaceReply | WholeFileReply] = \
+        WholeFileReply if "file" in obj and "edits" not in obj else SearchReplaceReply
+    try:
+        return model.model_validate(obj).to_proposal()
+    except ValidationError as exc:
+        raise InvalidProposal(_explain(exc, model)) from None
 
 
 def parse_proposal_json(text: str) -> Proposal:
@@ -140,10 +284,37 @@ _FENCE = re.compile(r"```(?:json|JSON)?\s*\n(.*?)```", re.DOTALL)
 _SEARCH_BLOCK = re.compile(
     r"^(?P<path>[^\n`]*?)\s*\n(?:```[^\n]*\n)?<{5,9} SEARCH[^\n]*\n(?P<search>.*?)^={5,9}[ \t]*\n(?P<replace>.*?)^>{5,9} REPLACE",
     re.DOTALL | re.MULTILINE)
+# A whole file: a line naming its path ("optim.py", "**optim.py**", "File: `optim.py`", "Here is
+# the new optim.py:"), then a fence holding the complete new content.
+_FILE_FENCE = re.compile(
+    r"^(?P<label>[^\n]*\S[^\n]*)\n(?:[ \t]*\n)*[ \t]*```(?P<lang>[^\n`]*)\n(?P<content>.*?)^[ \t]*```[ \t]*$",
+    re.DOTALL | re.MULTILINE)
+_PATH_TOKEN = re.compile(r"(?<![\w./-])\w[\w./-]*\.(?:py|pyi|toml|ya?ml|json|cfg|ini|txt|md|sh)(?![\w/-])")
+_ANY_FENCE = re.compile(r"```.*?(?:```|\Z)", re.DOTALL)
+
+
+def _claim_line(text: str, name: str) -> str | None:
+    """A 'Title: ...' / '**Hypothesis:** ...' line outside any fence (a file may contain such words)."""
+    m = re.search(rf"(?im)^[ \t]*(?:#+[ \t]*)?(?:\*\*)?{name}(?:\*\*)?[ \t]*:(?:\*\*)?[ \t]*(.+)$",
+                  _ANY_FENCE.sub("", text))
+    return m.group(1).strip().strip("*").strip() if m else None
+
+
+def _whole_file_fences(text: str) -> list[tuple[str, str]]:
+    """(path, content) of each fence whose preceding line names exactly one file path."""
+    found = []
+    for m in _FILE_FENCE.finditer(text):
+        if m.group("lang").strip().lower() == "json":
+            continue
+        paths = set(_PATH_TOKEN.findall(m.group("label")))
+        if len(paths) == 1:
+            found.append((paths.pop(), m.group("content")))
+    return found
 
 
 def parse_reply(text: str) -> Proposal:
-    """Tolerant parsing of an LLM reply: a JSON object, a ```json fence, or SEARCH/REPLACE blocks."""
+    """Tolerant parsing of an LLM reply, in either edit format: a JSON object, a ```json fence,
+    SEARCH/REPLACE blocks, or one file's path followed by its complete new content in a fence."""
     if not isinstance(text, str) or not text.strip():
         raise InvalidProposal("empty reply")
     stripped = text.strip()
@@ -166,19 +337,56 @@ def parse_reply(text: str) -> Proposal:
             return parse_proposal_json(text[start:end + 1])
         except InvalidProposal as exc:
             errors.append(str(exc))
+    title = _claim_line(text, "title")
+    hypothesis = _claim_line(text, "hypothesis") or ""
     blocks = list(_SEARCH_BLOCK.finditer(text))
     if blocks:
         edits = []
         for m in blocks[:MAX_EDITS + 1]:
             path = m.group("path").strip().strip("`*# ").strip()
             edits.append({"path": path, "search": m.group("search"), "replace": m.group("replace")})
-        title_match = re.search(r"(?im)^\s*(?:#+\s*)?title\s*:\s*(.+)$", text)
-        hyp_match = re.search(r"(?im)^\s*(?:#+\s*)?hypothesis\s*:\s*(.+)$", text)
-        title = title_match.group(1).strip() if title_match else "untitled SEARCH/REPLACE proposal"
-        return proposal_from_object({"title": title, "hypothesis": hyp_match.group(1).strip() if hyp_match else "",
+        return proposal_from_object({"title": title or "untitled SEARCH/REPLACE proposal", "hypothesis": hypothesis,
                                      "edits": edits})
-    raise InvalidProposal("no proposal found in the reply (expected a JSON object, a ```json block or "
-                          "SEARCH/REPLACE blocks)" + (f"; {errors[0]}" if errors else ""))
+    files = _whole_file_fences(text)
+    if len(files) > 1:
+        raise InvalidProposal(f"the reply holds {len(files)} fenced files ({', '.join(p for p, _ in files[:5])}); "
+                              "a whole-file reply carries the complete new content of exactly one file")
+    if files:
+        (path, content), = files
+        return proposal_from_object({"title": title or "untitled whole-file proposal", "hypothesis": hypothesis,
+                                     "file": {"path": path, "content": content}})
+    raise InvalidProposal("no proposal found in the reply (expected a JSON object, a ```json block, SEARCH/REPLACE "
+                          "blocks, or a file's path followed by its complete new content in a ```python block)"
+                          + (f"; {errors[0]}" if errors else ""))
+
+
+# --------------------------------------------------------------------------- choosing a format
+
+_SIZE_IN_NAME = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)b(?![a-z])", re.IGNORECASE)
+
+
+def is_small_model(model_name: str | None) -> bool:
+    """True for no name (the embedded default, a 1.5B model) or a name carrying a parameter count
+    of at most SMALL_MODEL_MAX_BILLIONS ("qwen2.5-coder-1.5b-instruct", "llama3:8b"; not "8x7b",
+    a mixture of 47B). A name without a size (gpt-4o-mini) is taken as a capable remote model."""
+    if not model_name:
+        return True
+    sizes = [float(s) for s in _SIZE_IN_NAME.findall(model_name.rsplit("/", 1)[-1])]
+    return bool(sizes) and max(sizes) <= SMALL_MODEL_MAX_BILLIONS
+
+
+def choose_edit_format(files: dict[str, str], editable: list[str], model_name: str | None,
+                       override: str | None = None) -> EditFormat:
+    """The edit format to ask for: ``override`` when it names one ("whole-file", "search-replace");
+    otherwise ("auto" or None) whole-file for a small model when every editable file is at most
+    WHOLE_FILE_MAX_CHARS long, search-replace for anything else (a capable model, or files too
+    long to repeat in a reply)."""
+    if override in EDIT_FORMATS:
+        return override  # type: ignore[return-value]
+    if override not in (None, "auto"):
+        raise ValueError(f"unknown edit format {override!r}; expected auto, {' or '.join(EDIT_FORMATS)}")
+    longest = max((len(text) for path, text in files.items() if is_editable(path, editable)), default=0)
+    return "whole-file" if is_small_model(model_name) and longest <= WHOLE_FILE_MAX_CHARS else "search-replace"
 
 
 # --------------------------------------------------------------------------- applying

@@ -17,10 +17,12 @@ from hypothesis import strategies as st
 
 from autoresearch.agent.proposal import (
     MAX_EDITS,
+    NotEditable,
     Proposal,
     ProposalRejected,
     apply_proposal,
     is_editable,
+    normalise_path,
     parse_reply,
 )
 from autoresearch.engine import RunEngine
@@ -51,10 +53,15 @@ fenced_reply = st.tuples(st.text(max_size=40), json_reply).map(lambda t: f"{t[0]
 search_block = st.tuples(hostile_path, fragments, st.text(max_size=60)).map(
     lambda t: f"{t[0]}\n<<<<<<< SEARCH\n{t[1]}\n=======\n{t[2]}\n>>>>>>> REPLACE\n")
 aider_reply = st.lists(search_block, min_size=1, max_size=4).map(lambda b: "title: x\n" + "".join(b))
+whole_file_json = st.fixed_dictionaries(
+    {"title": st.text(max_size=30), "hypothesis": st.text(max_size=30),
+     "file": st.fixed_dictionaries({"path": hostile_path, "content": st.text(max_size=80)})}).map(json.dumps)
+whole_file_fenced = st.tuples(hostile_path, st.text(max_size=80)).map(lambda t: f"{t[0]}\n```python\n{t[1]}\n```\n")
 odd_json = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=10),
                         lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
                         max_leaves=12).map(json.dumps)
-replies = st.one_of(st.text(max_size=300), json_reply, fenced_reply, aider_reply, odd_json,
+replies = st.one_of(st.text(max_size=300), json_reply, fenced_reply, aider_reply, whole_file_json, whole_file_fenced,
+                  odd_json,
                     st.binary(max_size=200).map(lambda b: b.decode("latin-1")))
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -93,13 +100,56 @@ def test_any_reply_is_a_confined_proposal_or_a_rejection(reply):
 
 
 @SETTINGS
-@given(reply=st.one_of(json_reply, aider_reply, fenced_reply))
+@given(reply=st.one_of(json_reply, aider_reply, fenced_reply, whole_file_json, whole_file_fenced))
 def test_applied_replies_write_only_inside_the_workspace(reply):
     result = _outcome(reply)
     if isinstance(result, ProposalRejected):
         return
     with tempfile.TemporaryDirectory() as tmp:
         _check_written(Path(tmp), result)
+
+
+# Content a fence can carry: no line that closes the fence, no SEARCH/REPLACE markers, and not
+# itself wrapped in a fence (which the parser unwraps).
+file_content = st.text(min_size=1, max_size=200).filter(
+    lambda c: c.strip() and "```" not in c and "<<<<<<<" not in c and "=======" not in c)
+
+
+def _whole_file_replies(path: str, content: str) -> list[str]:
+    return [json.dumps({"title": "t", "hypothesis": "h", "file": {"path": path, "content": content}}),
+            f"Title: t\nHypothesis: h\n\n{path}\n```python\n{content}\n```\n"]
+
+
+@SETTINGS
+@given(path=st.sampled_from(EDITABLE), content=file_content)
+def test_whole_file_reply_applies_to_exactly_that_content(path, content):
+    for reply in _whole_file_replies(path, content):
+        proposal = parse_reply(reply)
+        assert (proposal.title, proposal.hypothesis) == ("t", "h")
+        try:
+            result = apply_proposal(FILES, proposal, EDITABLE)
+        except ProposalRejected as exc:
+            assert "change nothing" in str(exc) and FILES[path] == content.rstrip("\n") + "\n"
+            continue
+        # The file's new text is the content (ending in one newline), and nothing else moved.
+        assert result[path] == content.rstrip("\n") + "\n"
+        assert {p: t for p, t in result.items() if p != path} == {p: t for p, t in FILES.items() if p != path}
+
+
+@SETTINGS
+@given(path=hostile_path, content=file_content)
+def test_whole_file_reply_outside_the_editable_set_is_refused(path, content):
+    proposal = parse_reply(json.dumps({"title": "t", "file": {"path": path, "content": content}}))
+    try:
+        inside = is_editable(normalise_path(path), EDITABLE)
+    except NotEditable:
+        inside = False
+    if not inside:
+        with pytest.raises(NotEditable):
+            apply_proposal(FILES, proposal, EDITABLE)
+        return
+    result = apply_proposal(FILES, proposal, EDITABLE)
+    assert set(result) == set(FILES) and result[normalise_path(path)] == content.rstrip("\n") + "\n"
 
 
 def _check_written(root: Path, result: dict[str, str]) -> None:
