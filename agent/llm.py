@@ -1,7 +1,7 @@
 """One OpenAI-compatible chat client for every backend (OpenAI, vLLM, Ollama, LM Studio, llama.cpp).
 
-It asks for JSON mode with the proposal schema (llama.cpp turns that into a grammar; OpenAI
-accepts plain JSON mode), and falls back to plain prompting when a server rejects
+It asks for JSON mode with the schema of the edit format in use (llama.cpp turns that into a
+grammar; OpenAI accepts plain JSON mode), and falls back to plain prompting when a server rejects
 ``response_format``. Transient failures (timeouts, connection errors, 5xx, 429) are retried a
 bounded number of times with exponential backoff. Every attempt, failed or not, is handed to a
 ``log`` callback (the loop writes it to the run's ledger): messages, reply, model, tokens,
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import urlparse
 
-from autoresearch.agent.proposal import PROPOSAL_SCHEMA
+from autoresearch.agent.proposal import EditFormat, proposal_schema
 
 
 class LLMUnavailable(RuntimeError):
@@ -73,7 +73,8 @@ class LLMClient:
 
     def __init__(self, *, base_url: str, model: str | None = None, api_key: str | None = None,
                  timeout: float = 600.0, max_attempts: int = 3, backoff_seconds: float = 2.0,
-                 max_tokens: int = 600, temperature: float = 0.7, json_mode: bool = True):
+                 max_tokens: int = 600, temperature: float = 0.7, json_mode: bool = True,
+                 edit_format: EditFormat = "search-replace"):
         import openai
 
         self.base_url = base_url.rstrip("/")
@@ -84,6 +85,9 @@ class LLMClient:
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.json_mode = json_mode
+        # Which reply shape JSON mode constrains the model to; set it once the model is known
+        # (proposal.choose_edit_format needs the name that check() may only now have picked).
+        self.edit_format = edit_format
         # max_retries=0: the openai package's own retries would hide attempts from the call log.
         self._client = openai.OpenAI(base_url=self.base_url, api_key=api_key or os.environ.get("OPENAI_API_KEY")
                                      or "no-key-needed-for-local-servers", timeout=timeout, max_retries=0)
@@ -120,7 +124,7 @@ class LLMClient:
                             "temperature": self.temperature}
             if self.json_mode:
                 # llama.cpp accepts a schema inside json_object (and rejects json_schema); OpenAI ignores it.
-                kwargs["response_format"] = {"type": "json_object", "schema": PROPOSAL_SCHEMA}
+                kwargs["response_format"] = {"type": "json_object", "schema": proposal_schema(self.edit_format)}
             started = time.monotonic()
             try:
                 resp = self._client.chat.completions.create(**kwargs)

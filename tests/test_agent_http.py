@@ -26,6 +26,7 @@ from agent_fakes import (ADAM_REPLY, MALFORMED_REPLY, MOMENTUM_REPLY, NO_EDITS_R
 from autoresearch.agent import local_llm
 from autoresearch.agent.llm import LLMClient, LLMUnavailable, estimate_cost
 from autoresearch.agent.loop import open_llm_session
+from autoresearch.agent.proposal import PROPOSAL_SCHEMA, WHOLE_FILE_SCHEMA
 from autoresearch.config import RunConfig
 from conftest import AUTORESEARCH, copy_benchmark
 
@@ -56,6 +57,18 @@ def test_valid_reply_json_mode_and_logging():
     assert body["response_format"]["type"] == "json_object" and "edits" in body["response_format"]["schema"]["properties"]
     assert len(calls) == 1 and calls[0]["error"] is None and calls[0]["cost_usd"] == 0.0
     assert json.loads(calls[0]["messages_json"]) == MESSAGES and calls[0]["model"] == "scripted-model"
+
+
+def test_whole_file_format_sends_its_own_schema():
+    """The edit format is chosen after check() has named the model, so it is read at each call."""
+    whole = json.dumps({"title": "Adam", "hypothesis": "h", "file": {"path": "optim.py", "content": "x = 1\n"}})
+    with ScriptedServer([ADAM_REPLY, whole]) as server:
+        client = _client(server)
+        client.complete(MESSAGES)
+        client.edit_format = "whole-file"
+        client.complete(MESSAGES)
+    first, second = (body["response_format"]["schema"] for body in server.requests)
+    assert first == PROPOSAL_SCHEMA and second == WHOLE_FILE_SCHEMA
 
 
 def test_500_is_retried_with_backoff_then_succeeds():
