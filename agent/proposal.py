@@ -14,7 +14,9 @@ constrained decoding, the validation and the parsing. ``Proposal`` and ``Edit`` 
 values the engine applies, built only from a validated reply (or by trusted code).
 
 Everything here is pure: text in, text out. Nothing touches the disk, so a hostile reply can at
-worst be rejected; writing the result into a workspace is the engine's job.
+worst be rejected; writing the result into a workspace is the engine's job. (Over 400 lines on
+purpose: the formats, their tolerant parsing and the confined application are one contract, and
+the limits that keep a hostile reply harmless are easier to check in one place.)
 """
 
 from __future__ import annotations
@@ -287,7 +289,7 @@ _SEARCH_BLOCK = re.compile(
 # A whole file: a line naming its path ("optim.py", "**optim.py**", "File: `optim.py`", "Here is
 # the new optim.py:"), then a fence holding the complete new content.
 _FILE_FENCE = re.compile(
-    r"^(?P<label>[^\n]*\S[^\n]*)\n(?:[ \t]*\n)*[ \t]*```(?P<lang>[^\n`]*)\n(?P<content>.*?)^[ \t]*```[ \t]*$",
+    r"^(?P<label>[ \t]*\S[^\n]*)\n(?:[ \t]*\n)*[ \t]*```(?P<lang>[^\n`]*)\n(?P<content>.*?)^[ \t]*```[ \t]*$",
     re.DOTALL | re.MULTILINE)
 _PATH_TOKEN = re.compile(r"(?<![\w./-])\w[\w./-]*\.(?:py|pyi|toml|ya?ml|json|cfg|ini|txt|md|sh)(?![\w/-])")
 _ANY_FENCE = re.compile(r"```.*?(?:```|\Z)", re.DOTALL)
@@ -355,6 +357,9 @@ def parse_reply(text: str) -> Proposal:
         (path, content), = files
         return proposal_from_object({"title": title or "untitled whole-file proposal", "hypothesis": hypothesis,
                                      "file": {"path": path, "content": content}})
+    if text.count("```") % 2:
+        # Typically a whole file cut off by the reply's token limit: say so rather than "nothing found".
+        errors.insert(0, "a ``` block is never closed (was the reply cut off?)")
     raise InvalidProposal("no proposal found in the reply (expected a JSON object, a ```json block, SEARCH/REPLACE "
                           "blocks, or a file's path followed by its complete new content in a ```python block)"
                           + (f"; {errors[0]}" if errors else ""))

@@ -210,6 +210,8 @@ def test_fenced_whole_file_refusals():
         parse_reply(f"Here is my change:\n```python\n{NEW_OPTIM}```")  # no path: nothing to guess from
     with pytest.raises(InvalidProposal, match="no proposal found"):
         parse_reply('optim.py\n```json\n{"not": "a proposal"\n```')
+    with pytest.raises(InvalidProposal, match="never closed .was the reply cut off"):
+        parse_reply(f"optim.py\n```python\n{NEW_OPTIM[:30]}")  # cut off by the token limit
 
 
 def test_search_replace_blocks_win_over_a_fenced_file():
