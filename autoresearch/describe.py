@@ -363,8 +363,13 @@ def change_facts(old: dict[str, str], new: dict[str, str]) -> list[Fact]:
     """Every fact of the change from ``old`` to ``new`` (path -> text), files in path order."""
     facts = []
     for path in sorted(set(old) | set(new)):
-        if old.get(path) != new.get(path):
+        if old.get(path) == new.get(path):
+            continue
+        try:
             facts += _file_facts(path, old.get(path), new.get(path))
+        except RecursionError:
+            # Parsed, but nested deeper than ast.dump / ast.walk / ast.unparse can follow.
+            facts += _line_facts(path, old.get(path) or "", new.get(path) or "", "too deeply nested to compare; ")
     return facts
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from autoresearch.describe import CONCEPTS, describe_change, title_claims_unsupported
 from conftest import REPO_ROOT
@@ -189,3 +191,28 @@ def test_a_file_that_does_not_parse_is_searched_line_by_line():
 
 def test_every_concept_has_a_distinct_name():
     assert len({c.name for c in CONCEPTS}) == len(CONCEPTS)
+
+
+def test_code_nested_deeper_than_the_recursion_limit_falls_back_to_lines():
+    deep = "x = " + "+".join(["1"] * 1500) + "\n"  # parses, but ast.dump cannot follow it
+    assert describe_change({"a.py": "x = 0\n"}, {"a.py": deep}) == \
+        ["a.py: too deeply nested to compare; 1 line(s) added, 1 removed"]
+    assert title_claims_unsupported("Dropout", "", {"a.py": "x = 0\n"}, {"a.py": deep})
+
+
+# Lines a model might write into the template: real code, broken code and noise.
+LINES = st.sampled_from(["    optimizer = torch.optim.Adam(params, lr=3e-4)", "x = (", "    return x", "def f(:",
+                         "        nn.Dropout(p=0.5),", "scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 5)",
+                         "import math", "class Net(nn.Module):", "    pass", "lr = lr * 0.5", "# comment", ""]) | st.text(max_size=30)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(path=st.sampled_from(sorted(BASE)), at=st.integers(0, 40), lines=st.lists(LINES, max_size=4),
+       drop=st.integers(0, 3), title=st.text(max_size=60))
+def test_any_edit_is_described_deterministically_without_raising(path, at, lines, drop, title):
+    old_lines = BASE[path].splitlines()
+    new = BASE | {path: "\n".join(old_lines[:at] + lines + old_lines[at + drop:]) + "\n"}
+    described = describe_change(BASE, new)
+    assert described == describe_change(dict(BASE), dict(new)) and described
+    assert all(isinstance(line, str) and "\n" not in line for line in described)
+    assert isinstance(title_claims_unsupported(title, title, BASE, new), list)
