@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from conftest import REPO_ROOT
 from autoresearch.agent.proposal import (PROPOSAL_SCHEMA, WHOLE_FILE_MAX_CHARS, WHOLE_FILE_SCHEMA, ApplyFailed,
                                          InvalidProposal, NotEditable, Proposal, Edit, SearchReplaceReply,
                                          WholeFileReply, apply_proposal, choose_edit_format, is_small_model,
@@ -120,8 +121,11 @@ def test_schema_fields_are_the_models_fields():
 
 
 def test_to_dict_round_trips_through_the_model():
+    """What the engine stores (edits_json) reads back through the same model, whole-file ones too."""
     p = parse_reply(json.dumps(OBJ))
     assert parse_proposal_json(json.dumps(p.to_dict())) == p
+    whole = parse_reply(json.dumps({"title": "t", "file": {"path": "optim.py", "content": "x = 1\n"}}))
+    assert parse_proposal_json(json.dumps(whole.to_dict())) == whole
 
 
 @pytest.mark.parametrize("obj,needle", [
@@ -252,8 +256,6 @@ def test_choose_edit_format():
 
 
 def test_choose_edit_format_on_the_shipped_templates():
-    from conftest import REPO_ROOT
-
     def files(name):
         repo = REPO_ROOT / "baselines" / name / "repo"
         return {p.name: p.read_text() for p in repo.glob("*.py")}
