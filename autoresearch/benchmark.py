@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from autoresearch.datasets import (DataMismatch, Split, assign_source_splits, fingerprint_split, is_pinned, load_pool,
-                                   permutation_split, write_split_files)
+from autoresearch.datasets import (DataMismatch, Split, assign_source_splits, fingerprint_arrays, fingerprint_split,
+                                   is_pinned, load_pool, permutation_split)
+from autoresearch.integrity import IntegritySpec, PredictLayout, build_predict_set
 
 
 class BenchmarkError(ValueError):
@@ -73,8 +74,21 @@ class GateDefaults(_Strict):
     min_win_rate: float = Field(default=0.8, ge=0, le=1)
     screen: bool = True
     screen_margin: float = Field(default=0.05, ge=0)
-    gate_seed_base: int = 1
-    verify_seed_base: int = 1001
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_fixed_seed_bases(cls, data):
+        # Specs written before seeds were drawn per run (see autoresearch.seeding) name fixed seed
+        # bases; they no longer mean anything, and refusing those specs would only break users' copies.
+        if isinstance(data, dict):
+            data = {k: v for k, v in data.items() if k not in ("gate_seed_base", "verify_seed_base")}
+        return data
+
+
+class SandboxSpec(_Strict):
+    packages: list[str] = Field(default_factory=list, description="installed distributions the candidate may "
+                                "import besides numpy and torch (their dependencies come along); nothing else of "
+                                "the Python environment is visible in the sandbox")
 
 
 class BenchmarkSpec(_Strict):
@@ -88,6 +102,8 @@ class BenchmarkSpec(_Strict):
     harness: str | None = Field(default=None, description="a built-in frozen harness by name (a folder of "
                                 "autoresearch/harnesses/); left out, the benchmark folder's own harness/ is used")
     gate: GateDefaults = GateDefaults()
+    integrity: IntegritySpec = IntegritySpec()
+    sandbox: SandboxSpec = SandboxSpec()
 
     @field_validator("editable")
     @classmethod
@@ -203,13 +219,29 @@ def load_benchmark(name_or_path: str | Path) -> Benchmark:
 class PreparedData:
     """Where a run's splits live, and what they are."""
 
-    public_dir: Path  # train/ (inputs+labels) and predict/ (val/test inputs): visible to sandboxes
-    labels_dir: Path  # val/test labels: trusted side only
+    public_dir: Path  # train/ (inputs+labels) and predict/ (the mixed predict set, no labels): visible to sandboxes
+    labels_dir: Path  # val/test labels and the predict set's layout: trusted side only
     fingerprints: dict[str, str]
     counts: dict[str, int]
+    predict_fingerprint: str = ""  # of the predict set (secret order, perturbed copies included)
+
+    @property
+    def train_dir(self) -> Path:
+        return self.public_dir / "train"
+
+    @property
+    def predict_dir(self) -> Path:
+        return self.public_dir / "predict"
 
     def labels(self, split: str) -> np.ndarray:
         return np.load(self.labels_dir / f"{split}_y.npy", allow_pickle=False)
+
+    def layout(self) -> PredictLayout:
+        def rows(name: str) -> np.ndarray:
+            return np.load(self.labels_dir / f"{name}_rows.npy", allow_pickle=False)
+
+        return PredictLayout(val_rows=rows("val"), test_rows=rows("test"), perturbed_rows=rows("perturbed"),
+                             check_rows=rows("check"))
 
 
 def materialise_splits(spec: BenchmarkSpec) -> dict[str, Split]:
@@ -249,12 +281,27 @@ def check_fingerprints(spec: BenchmarkSpec, splits: dict[str, Split]) -> dict[st
     return got
 
 
-def prepare_data(bench: Benchmark, dest: Path) -> PreparedData:
-    """Materialise the splits under dest, refusing data whose fingerprints differ from the spec's pins."""
+def prepare_data(bench: Benchmark, dest: Path, secret: str) -> PreparedData:
+    """Materialise the splits under dest, refusing data whose fingerprints differ from the spec's pins.
+
+    Sandboxes may read ``public/``: the train split (inputs and labels) and the predict set (val
+    and test inputs mixed with perturbed copies, in an order drawn from the run's ``secret``).
+    ``labels/`` (val/test labels, the predict set's layout) stays on the trusted side."""
     require_pins(bench.spec)
     splits = materialise_splits(bench.spec)
     fingerprints = check_fingerprints(bench.spec, splits)
     public, labels = dest / "public", dest / "labels"
-    write_split_files(splits, public, labels)
+    (public / "train").mkdir(parents=True, exist_ok=True)
+    (public / "predict").mkdir(parents=True, exist_ok=True)
+    labels.mkdir(parents=True, exist_ok=True)
+    np.save(public / "train" / "train_x.npy", splits["train"].x, allow_pickle=False)
+    np.save(public / "train" / "train_y.npy", splits["train"].y, allow_pickle=False)
+    inputs, layout = build_predict_set(splits, secret, bench.spec.integrity)
+    np.save(public / "predict" / "inputs.npy", inputs, allow_pickle=False)
+    for name in ("val", "test"):
+        np.save(labels / f"{name}_y.npy", splits[name].y, allow_pickle=False)
+    for name, rows in (("val", layout.val_rows), ("test", layout.test_rows), ("perturbed", layout.perturbed_rows),
+                       ("check", layout.check_rows)):
+        np.save(labels / f"{name}_rows.npy", rows, allow_pickle=False)
     return PreparedData(public_dir=public, labels_dir=labels, fingerprints=fingerprints,
-                        counts={k: len(v) for k, v in splits.items()})
+                        counts={k: len(v) for k, v in splits.items()}, predict_fingerprint=fingerprint_arrays(inputs))

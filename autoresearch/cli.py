@@ -362,19 +362,15 @@ def doctor():
 
     console.print(f"device cpu: {envinfo.device_description('cpu')}", highlight=False)
     if torch.cuda.is_available():
-        from autoresearch.sandbox.executors import pin_request
-        from autoresearch.sandbox.trial import TrialRequest
+        from autoresearch.sandbox.executors import pinning
 
-        probe = TrialRequest(workspace="", harness="", train_data="", predict_data="", work_dir="", seed=0,
-                             config={"device": "cuda"}, train_seconds=1, predict_seconds=1, grace_seconds=1,
-                             memory_bytes=1, max_processes=1, max_prediction_bytes=1, isolation="none")
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
-            pinned = pin_request(probe, f"cuda:{i}", exists=lambda _node: True)  # what it would bind
+            pinned = pinning(f"cuda:{i}", exists=lambda _node: True)  # what a trial on it would be given
             node = next((d for d in pinned.devices if d.removeprefix("/dev/nvidia").isdigit()), "no device node found")
             console.print(f"device cuda:{i}: {p.name}, {p.total_memory / 2**30:.0f} GiB, compute {p.major}.{p.minor}, "
                           f"PCI {pinned.config.get('gpu_bus_id', '?')} (a trial on it sees only {node}, "
-                          f"CUDA_VISIBLE_DEVICES={dict(pinned.env)['CUDA_VISIBLE_DEVICES']})", highlight=False)
+                          f"CUDA_VISIBLE_DEVICES={pinned.env['CUDA_VISIBLE_DEVICES']})", highlight=False)
         console.print(f"trials run on: cuda, one GPU per slot (--slots {torch.cuda.device_count()}); torch CUDA "
                       f"{torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}", highlight=False)
     else:

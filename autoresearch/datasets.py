@@ -97,20 +97,6 @@ def permutation_split(x: np.ndarray, y: np.ndarray, *, seed: int, sizes: dict[st
     return out
 
 
-def write_split_files(splits: dict[str, Split], public_dir: Path, labels_dir: Path) -> None:
-    """Inputs of every split, and train labels, go where sandboxes may read them; val/test labels do not."""
-    (public_dir / "train").mkdir(parents=True, exist_ok=True)
-    (public_dir / "predict").mkdir(parents=True, exist_ok=True)
-    labels_dir.mkdir(parents=True, exist_ok=True)
-    for name, split in splits.items():
-        if name == "train":
-            np.save(public_dir / "train" / "train_x.npy", split.x, allow_pickle=False)
-            np.save(public_dir / "train" / "train_y.npy", split.y, allow_pickle=False)
-        else:
-            np.save(public_dir / "predict" / f"{name}_x.npy", split.x, allow_pickle=False)
-            np.save(labels_dir / f"{name}_y.npy", split.y, allow_pickle=False)
-
-
 # --------------------------------------------------------------------------- more sources (issue 5)
 
 

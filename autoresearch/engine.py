@@ -26,25 +26,31 @@ from autoresearch.benchmark import Benchmark, PreparedData, load_benchmark, prep
 from autoresearch.config import RunConfig
 from autoresearch.datasets import DataMismatch
 from autoresearch.gate import GateConfig, GateResult, decide, screen_rejects
+from autoresearch.integrity import memorisation, seed_ignored, transductive
 from autoresearch.ledger import Ledger, LedgerError, dumps
 from autoresearch.records import RunRepo
 from autoresearch.sandbox.executors import pin_request
 from autoresearch.sandbox.isolation import isolation_level
-from autoresearch.sandbox.trial import TrialOutput, TrialRequest, TrialStatus, run_trial
-from autoresearch.scoring import Metric, PredictionError, score
+from autoresearch.sandbox.trial import Budget, TrialOutput, TrialRequest, TrialStatus, run_trials
+from autoresearch.scoring import Metric, PredictionError, parse_predictions, score_logits
 from autoresearch.secondary import secondary_from_logits
+from autoresearch.seeding import derived_key, draw_seeds, new_secret, trial_key
 from autoresearch.tamper import check_change
 
 
 def fault(point: str, delay: float = 0.0) -> None:
-    """Fault-injection hook for tests: AUTORESEARCH_FAULT=point[:n] makes this process SIGKILL
-    itself the n-th time (default 1st) it reaches ``point`` (after ``delay`` seconds, from a timer)."""
+    """Fault-injection hook for tests: AUTORESEARCH_FAULT=point[:n][:raise] makes this process
+    SIGKILL itself (after ``delay`` seconds, from a timer) or, with ``raise``, raise an exception,
+    the n-th time (default 1st) it reaches ``point``."""
     spec = os.environ.get("AUTORESEARCH_FAULT", "")
-    name, _, nth = spec.partition(":")
+    name, _, rest = spec.partition(":")
+    nth, _, mode = rest.partition(":")
     if name != point:
         return
     _FAULT_HITS[point] = _FAULT_HITS.get(point, 0) + 1
     if _FAULT_HITS[point] == int(nth or 1):
+        if mode == "raise":
+            raise RuntimeError(f"injected fault at {point}")
         import signal
         import threading
 
@@ -57,13 +63,14 @@ def fault(point: str, delay: float = 0.0) -> None:
 _FAULT_HITS: dict[str, int] = {}
 
 REASONS = ("invalid_proposal", "not_editable", "apply_failed", "crash", "timeout", "oom", "nonfinite", "tampered",
-           "data_mismatch", "not_better", "accepted")
+           "over_budget", "transductive", "seed_ignored", "memorised", "data_mismatch", "not_better", "accepted")
 
 
 class Executor(Protocol):
     slots: int
 
-    def map(self, fn: Callable[[TrialRequest], TrialOutput], requests: list[TrialRequest]) -> list[TrialOutput]: ...
+    def map(self, fn: Callable[[TrialRequest], list[TrialOutput]],
+            requests: list[TrialRequest]) -> list[list[TrialOutput]]: ...
 
 
 class Events:
@@ -89,6 +96,9 @@ class TrialRecord:
     test_log_loss: float | None
     summary: dict
     cached: bool = False
+    perturbed_metric: float | None = None  # on the perturbed copies of the test inputs
+    test_correct: bytes | None = None  # per test example, int8 0/1 (originals)
+    perturbed_correct: bytes | None = None  # per test example, int8 0/1 (its perturbed copy)
 
     @property
     def ok(self) -> bool:
@@ -110,6 +120,7 @@ class ProposalRecord:
     candidate_trials: list[TrialRecord] = field(default_factory=list)
     incumbent_trials: list[TrialRecord] = field(default_factory=list)
     wall_seconds: float = 0.0
+    integrity: dict = field(default_factory=dict)  # the integrity checks' figures (seeds, memorisation)
 
 
 def files_hash(files: dict[str, str]) -> str:
@@ -152,16 +163,17 @@ class LocalExecutor:
 class RunEngine:
     def __init__(self, *, run_dir: Path, run_id: str, bench: Benchmark, data: PreparedData, ledger: Ledger,
                  repo: RunRepo, config: RunConfig, gate: GateConfig, isolation: str, device: str, env: dict,
-                 executor: Executor, events: Events | None = None):
+                 executor: Executor, secret: str, events: Events | None = None):
         self.run_dir, self.run_id, self.bench, self.data = run_dir, run_id, bench, data
         self.ledger, self.repo, self.config, self.gate = ledger, repo, config, gate
         self.isolation, self.device, self.env = isolation, device, env
         self.executor = executor
         self.events = events or Events()
         self.metric = Metric(bench.spec.metric.name, bench.spec.metric.direction)
-        spec = bench.spec.gate
-        self.gate_seeds = [spec.gate_seed_base + i for i in range(gate.seeds)]
-        self.verify_seeds = [spec.verify_seed_base + i for i in range(gate.seeds)]
+        self.secret = secret
+        # Drawn per run from its secret (autoresearch.seeding): unpredictable, and alike whatever they are for.
+        self.gate_seeds = draw_seeds(secret, "gate", gate.seeds)
+        self.verify_seeds = draw_seeds(secret, "verify", gate.seeds)
 
     # ------------------------------------------------------------------ creation
 
@@ -188,11 +200,14 @@ class RunEngine:
         run_dir.mkdir()
         events = events or Events()
         events.stage("preparing data")
-        data = prepare_data(bench, run_dir / "data")
+        secret = new_secret()
+        data = prepare_data(bench, run_dir / "data", secret)
         env = envinfo.environment(device, isolation)
         resolved = {"run": json.loads(config.model_dump_json()), "gate": gate.__dict__,
                     "budget": bench.spec.budget.model_dump(), "benchmark": bench.spec.model_dump(),
-                    "benchmark_root": str(bench.root)}
+                    "benchmark_root": str(bench.root), "predict_fingerprint": data.predict_fingerprint,
+                    "seeds": {"gate": draw_seeds(secret, "gate", gate.seeds),
+                              "verify": draw_seeds(secret, "verify", gate.seeds)}}
         (run_dir / "config.json").write_text(json.dumps(resolved, indent=2, default=str))
         repo = RunRepo.create(run_dir / "repo", bench.template_files(),
                               f"baseline: {bench.name} v{bench.spec.version} template\n\n"
@@ -201,10 +216,10 @@ class RunEngine:
         ledger.create_run(id=run_id, benchmark=bench.name, benchmark_version=bench.spec.version, idea=config.idea,
                           config_json=dumps(resolved), fingerprints_json=dumps(data.fingerprints),
                           counts_json=dumps(data.counts), env_json=dumps(env), isolation=isolation,
-                          baseline_commit=repo.baseline)
+                          baseline_commit=repo.baseline, secret=secret)
         return cls(run_dir=run_dir, run_id=run_id, bench=bench, data=data, ledger=ledger, repo=repo, config=config,
                    gate=gate, isolation=isolation, device=device, env=env, executor=executor or LocalExecutor(config.slots),
-                   events=events)
+                   secret=secret, events=events)
 
     @classmethod
     def open(cls, run_dir: Path, *, executor: Executor | None = None, events: Events | None = None,
@@ -225,11 +240,18 @@ class RunEngine:
         bench = load_benchmark(bench_ref if Path(bench_ref).is_dir() else config.benchmark)
         if bench.spec.version != row["benchmark_version"]:
             raise DataMismatch(f"run used {bench.name} v{row['benchmark_version']}, this machine has v{bench.spec.version}")
+        secret = row.get("secret") or ""
         if read_only:
             data = PreparedData(public_dir=run_dir / "data" / "public", labels_dir=run_dir / "data" / "labels",
-                                fingerprints=json.loads(row["fingerprints_json"]), counts=json.loads(row["counts_json"]))
+                                fingerprints=json.loads(row["fingerprints_json"]), counts=json.loads(row["counts_json"]),
+                                predict_fingerprint=resolved.get("predict_fingerprint", ""))
+        elif not secret:
+            raise LedgerError(f"{run_dir} was made by an older autoresearch (fixed public seeds, trial protocol 1); "
+                              "it can be shown, not resumed or re-verified")
         else:
-            data = prepare_data(bench, run_dir / "data")
+            data = prepare_data(bench, run_dir / "data", secret)
+            if data.predict_fingerprint != resolved.get("predict_fingerprint"):
+                raise DataMismatch("the predict set prepared now differs from the one this run was started on")
         if data.fingerprints != json.loads(row["fingerprints_json"]):
             raise DataMismatch("the data prepared now differs from the data this run was started on; refusing to go on")
         gate = GateConfig(**resolved["gate"])
@@ -238,21 +260,39 @@ class RunEngine:
             raise LedgerError("this run was started with bubblewrap isolation, which is not available here")
         device = json.loads(row["env_json"]).get("device", "cpu").split(" ")[0] if read_only else \
             envinfo.resolve_device(config.device)
-        return cls(run_dir=run_dir, run_id=row["id"], bench=bench, data=data, ledger=ledger,
-                   repo=RunRepo(run_dir / "repo"), config=config, gate=gate, isolation=isolation, device=device,
-                   env=json.loads(row["env_json"]), executor=executor or LocalExecutor(config.slots), events=events)
+        engine = cls(run_dir=run_dir, run_id=row["id"], bench=bench, data=data, ledger=ledger,
+                     repo=RunRepo(run_dir / "repo"), config=config, gate=gate, isolation=isolation, device=device,
+                     env=json.loads(row["env_json"]), executor=executor or LocalExecutor(config.slots),
+                     secret=secret or "00" * 32, events=events)
+        if not secret:  # a protocol-1 run, shown read-only: its seeds were the spec's fixed bases
+            engine.gate_seeds = sorted({r["seed"] for r in ledger.trials(row["id"]) if r["role"] == "incumbent"})
+        return engine
 
     # ------------------------------------------------------------------ trials
 
     def _trial_config(self) -> dict:
         b = self.bench.spec.budget
         return {"epochs": b.epochs, "batch_size": b.batch_size, "threads": b.threads,
-                "num_classes": self.bench.spec.data.num_classes, "device": self.device, "splits": ["val", "test"]}
+                "num_classes": self.bench.spec.data.num_classes, "device": self.device}
+
+    def _budget(self) -> Budget:
+        """What one seed may use (spec [budget] and [integrity]): limits the trusted side enforces."""
+        b, rules = self.bench.spec.budget, self.bench.spec.integrity
+        n_train = self.data.counts["train"]
+        layout_rows = len(self.data.layout().check_rows)
+        predict_rows = sum(self.data.counts[s] for s in ("val", "test")) + (
+            self.data.counts["test"] if rules.perturbation != "none" else 0)
+        return Budget(train_examples=int(b.epochs * n_train * (1 + rules.budget_tolerance)) + 1,
+                      other_examples=int(rules.eval_epochs * n_train) + 64,
+                      predict_examples=int((predict_rows + layout_rows) * (1 + rules.budget_tolerance)) + 64,
+                      checkpoint_bytes=int(rules.max_checkpoint_mb * 1024**2),
+                      prediction_bytes=b.max_prediction_mb * 1024**2)
 
     def _cache_key(self, code_hash: str, seed: int) -> str:
         payload = {"code": code_hash, "harness": self.bench.harness_hash(), "data": self.data.fingerprints,
-                   "counts": self.data.counts, "seed": seed, "config": self._trial_config(),
-                   "torch": self.env["versions"].get("torch"), "isolation": self.isolation}
+                   "counts": self.data.counts, "predict": self.data.predict_fingerprint, "seed": seed,
+                   "config": self._trial_config(), "torch": self.env["versions"].get("torch"),
+                   "isolation": self.isolation}
         return hashlib.sha256(dumps(payload).encode()).hexdigest()
 
     def workspace(self, files: dict[str, str], name: str) -> Path:
@@ -270,15 +310,18 @@ class RunEngine:
             target.write_text(text)
         return path
 
-    def _request(self, workspace: Path, seed: int, key: str) -> TrialRequest:
+    def _request(self, workspace: Path, seeds: list[int], name: str) -> TrialRequest:
         b = self.bench.spec.budget
+        layout = self.data.layout()
         req = TrialRequest(
-            workspace=str(workspace), harness=str(self.bench.harness_dir), train_data=str(self.data.public_dir / "train"),
-            predict_data=str(self.data.public_dir / "predict"), work_dir=str(self.run_dir / "trials" / key[:16]),
-            seed=seed, config=self._trial_config(),
-            train_seconds=b.train_seconds, predict_seconds=b.predict_seconds, grace_seconds=b.grace_seconds,
-            memory_bytes=b.memory_mb * 1024**2, max_processes=b.max_processes,
-            max_prediction_bytes=b.max_prediction_mb * 1024**2, isolation=self.isolation,
+            workspace=str(workspace), harness=str(self.bench.harness_dir), train_data=str(self.data.train_dir),
+            predict_data=str(self.data.predict_dir), work_dir=str(self.run_dir / "trials" / name),
+            seeds=tuple(seeds), keys=tuple(trial_key(self.secret, s) for s in seeds),
+            sketch_key=derived_key(self.secret, "sketch"), config=self._trial_config(),
+            predict={"batch": 500, "check_rows": layout.check_rows.tolist(), "check_batch": 37},
+            budget=self._budget(), train_seconds=b.train_seconds, predict_seconds=b.predict_seconds,
+            grace_seconds=b.grace_seconds, memory_bytes=b.memory_mb * 1024**2, max_processes=b.max_processes,
+            isolation=self.isolation, packages=("numpy", "torch", *self.bench.spec.sandbox.packages),
             protected=(str(self.data.labels_dir),))
         # One GPU, bound into the sandbox and visible there as cuda:0 (the slot mechanism's pinning).
         return pin_request(req, self.device) if self.device.startswith("cuda") else req
@@ -287,22 +330,38 @@ class RunEngine:
         return TrialRecord(seed=row["seed"], role=row["role"], code_hash=row["code_hash"], status=row["status"],
                            detail=row["detail"], val_metric=row["val_metric"], test_metric=row["test_metric"],
                            val_log_loss=row["val_log_loss"], test_log_loss=row["test_log_loss"],
-                           summary=json.loads(row["summary_json"]), cached=cached)
+                           summary=json.loads(row["summary_json"]), cached=cached,
+                           perturbed_metric=row.get("perturbed_metric"), test_correct=row.get("test_correct"),
+                           perturbed_correct=row.get("perturbed_correct"))
 
-    def _score(self, out: TrialOutput) -> tuple[str, str, dict]:
-        """Score predictions on the trusted side; returns (status, detail, per-split scores)."""
+    def _score(self, out: TrialOutput) -> tuple[str, str, dict, np.ndarray | None]:
+        """Score predictions on the trusted side: (status, detail, per-split scores, the test logits)."""
         if out.status != TrialStatus.OK:
-            return out.status.value, out.detail, {}
-        scores = {}
+            return out.status.value, out.detail, {}, None
         classes = self.bench.spec.data.num_classes
-        for split in ("val", "test"):
-            try:
-                scores[split] = score(out.predictions[split], self.data.labels(split), classes=classes, metric=self.metric)
-            except PredictionError as exc:
-                return exc.kind, f"{split} predictions rejected: {exc}", {}
-            except KeyError:
-                return "crash", f"no predictions for {split}", {}
-        return "ok", "", scores
+        layout = self.data.layout()
+        rows = len(layout.val_rows) + len(layout.test_rows) + len(layout.perturbed_rows)
+        try:
+            logits = parse_predictions(out.logits, rows=rows, classes=classes)
+            check = parse_predictions(out.check, rows=len(layout.check_rows), classes=classes)
+        except PredictionError as exc:
+            return exc.kind, f"predictions rejected: {exc}", {}, None
+        if not self.bench.spec.integrity.transductive:
+            problem = transductive(logits, check, layout.check_rows)
+            if problem:
+                return TrialStatus.TRANSDUCTIVE.value, problem, {}, None
+        scores = {"val": score_logits(logits[layout.val_rows], self.data.labels("val"), metric=self.metric),
+                  "test": score_logits(logits[layout.test_rows], self.data.labels("test"), metric=self.metric)}
+        if len(layout.perturbed_rows):
+            scores["perturbed"] = score_logits(logits[layout.perturbed_rows], self.data.labels("test"),
+                                               metric=self.metric)
+        return "ok", "", scores, logits[layout.test_rows]
+
+    def _batches(self, seeds: list[int]) -> list[list[int]]:
+        """Seeds of one code version split over the executor's slots (one sandbox pair per batch).
+        Each seed runs in a child of its own, so results do not depend on the split."""
+        n = max(1, min(self.executor.slots, len(seeds)))
+        return [seeds[i::n] for i in range(n) if seeds[i::n]]
 
     def run_trials(self, files: dict[str, str], seeds: list[int], *, role: str,
                    proposal_idx: int | None = None) -> list[TrialRecord]:
@@ -321,22 +380,31 @@ class RunEngine:
         if todo:
             ws = self.workspace(files, code_hash[:16])
 
-            def one(req: TrialRequest) -> TrialOutput:
-                self.events.trial_started(role, req.seed)
+            def announce(req: TrialRequest) -> None:
+                for seed in req.seeds:
+                    self.events.trial_started(role, seed)
+
+            def one(req: TrialRequest) -> list[TrialOutput]:
+                announce(req)
                 fault("train", delay=2.0)  # test hook: dies while the sandbox is training
-                return run_trial(req)
+                return run_trials(req)
 
-            one.trial_fn = run_trial  # type: ignore[attr-defined]  # what remote executors (Ray) ship
-            one.announce = lambda req: self.events.trial_started(role, req.seed)  # type: ignore[attr-defined]
+            one.trial_fn = run_trials  # type: ignore[attr-defined]  # what remote executors (Ray) ship
+            one.announce = announce  # type: ignore[attr-defined]
 
-            outputs = self.executor.map(one, [self._request(ws, seed, keys[seed]) for seed in todo])
-            for seed, out in zip(todo, outputs):
-                status, detail, scores = self._score(out)
+            requests = [self._request(ws, batch, f"{code_hash[:12]}-{keys[batch[0]][:8]}")
+                        for batch in self._batches(todo)]
+            outputs = [out for batch in self.executor.map(one, requests) for out in batch]
+            for out in outputs:
+                seed = out.seed
+                status, detail, scores, test_logits = self._score(out)
                 fault("score")  # test hook: trial done and scored, not yet in the ledger
                 summary = out.summary() | {"fingerprints": self.data.fingerprints, "counts": self.data.counts,
                                            "device": out.device or self.device,
-                                           "secondary": secondary_from_logits(out.predictions["test"], self.data.labels(
-                                               "test"), self.bench.spec.data.num_classes) if scores else {}}
+                                           "secondary": secondary_from_logits(test_logits, self.data.labels("test"),
+                                                                              self.bench.spec.data.num_classes)
+                                           if scores else {}}
+                pert = scores.get("perturbed")
                 row = dict(run_id=self.run_id, cache_key=keys[seed], code_hash=code_hash, role=role,
                            proposal_idx=proposal_idx, seed=seed, status=status, detail=detail,
                            val_metric=scores["val"].metric if scores else None,
@@ -345,6 +413,8 @@ class RunEngine:
                            test_log_loss=scores["test"].log_loss if scores else None,
                            val_correct=scores["val"].correct.tobytes() if scores else None,
                            test_correct=scores["test"].correct.tobytes() if scores else None,
+                           perturbed_metric=pert.metric if pert else None,
+                           perturbed_correct=pert.correct.tobytes() if pert else None,
                            summary_json=dumps(summary))
                 self.ledger.put_trial(**row)
                 results[seed] = self._record_from_row(row, cached=False)
@@ -399,8 +469,12 @@ class RunEngine:
         new_files: dict[str, str] | None = None
         if existing is not None and existing["state"] == "decided":
             record = self.load_record(existing)
-            if existing["edits_json"] and existing["reason"] not in ("invalid_proposal", "not_editable", "apply_failed"):
-                new_files = apply_proposal(incumbent_files, parsed, self.bench.spec.editable)  # type: ignore[arg-type]
+            if existing["edits_json"] and existing["reason"] not in NOT_APPLIED:
+                try:
+                    new_files = apply_proposal(incumbent_files, parsed, self.bench.spec.editable)  # type: ignore[arg-type]
+                except Exception as exc:  # recorded already; only its commit is missing
+                    _reraise_storage(exc)
+                    new_files = None
         else:
             if isinstance(parsed, ProposalRejected):
                 record.reason, record.detail = parsed.reason, str(parsed)
@@ -412,14 +486,29 @@ class RunEngine:
                     self._gate(record, incumbent_files, new_files)
                 except ProposalRejected as exc:
                     record.reason, record.detail = exc.reason, str(exc)
+                except Exception as exc:
+                    # Nothing one proposal does may stop the run: whatever broke while trialling or
+                    # scoring it ends this proposal as a crash, with the cause, and the run goes on.
+                    _reraise_storage(exc)
+                    record.decision, record.gate = "rejected", None
+                    record.reason, record.detail = "crash", _internal_error("judging this proposal", exc)
             record.wall_seconds = time.monotonic() - started
             self.ledger.update_proposal(
                 self.run_id, idx, state="decided", decision=record.decision, reason=record.reason,
                 detail=record.detail, diff=record.diff, change_hash=files_hash(new_files) if new_files else None,
                 gate_json=dumps(record.gate.to_dict()) if record.gate else None, decided_at=time.time(),
-                wall_seconds=record.wall_seconds)
-        self._finish_proposal(record, parent, new_files)
-        self.events.proposal_decided(record)
+                wall_seconds=record.wall_seconds, integrity_json=dumps(record.integrity) if record.integrity else None)
+        try:
+            self._finish_proposal(record, parent, new_files)
+        except Exception as exc:
+            # Recording or reporting failed: finish the proposal with a minimal report that says why,
+            # so that a resume does not meet the same failure again.
+            _reraise_storage(exc)
+            self._finish_minimal(record, parent, exc)
+        try:
+            self.events.proposal_decided(record)
+        except Exception:  # the live view only; the records are written
+            pass
         return record
 
     def _gate(self, record: ProposalRecord, incumbent_files: dict[str, str], new_files: dict[str, str]) -> None:
@@ -445,11 +534,35 @@ class RunEngine:
         if self._failed(record, cand):
             return
         self._check_matched(cand)
+        if self._integrity_fails(record, cand, record.incumbent_trials):
+            return
         result = decide(seeds, [t.test_metric for t in cand], [t.test_metric for t in record.incumbent_trials],
                         metric=self.metric, config=self.gate)
         record.gate = result
         record.decision = "accepted" if result.accepted else "rejected"
         record.reason, record.detail = result.reason, result.detail
+
+    def _integrity_fails(self, record: ProposalRecord, cand: list[TrialRecord], inc: list[TrialRecord]) -> bool:
+        """The checks that no statistic can make: one fixed draw on every seed (``seed_ignored``),
+        an answer key (``memorised``). Their figures go into the record either way."""
+        problem = seed_ignored([t.summary.get("train_report") or {} for t in cand])
+        if problem:
+            record.reason, record.detail = "seed_ignored", problem
+            return True
+        if all(t.perturbed_correct for t in cand + inc):
+            pairs = [(np.frombuffer(t.test_correct, np.int8), np.frombuffer(t.perturbed_correct, np.int8))
+                     for t in cand]
+            base = {t.seed: t for t in inc}
+            inc_pairs = [(np.frombuffer(base[t.seed].test_correct, np.int8),
+                          np.frombuffer(base[t.seed].perturbed_correct, np.int8)) for t in cand]
+            check = memorisation(pairs, inc_pairs, margin=self.bench.spec.integrity.memorised_margin)
+            if check is not None:
+                record.integrity["memorisation"] = {"excess_drop": check.excess_drop, "z": check.z,
+                                                    "flagged": check.flagged, "detail": check.detail}
+                if check.flagged:
+                    record.reason, record.detail = "memorised", check.detail
+                    return True
+        return False
 
     def _failed(self, record: ProposalRecord, trials: list[TrialRecord]) -> bool:
         bad = next((t for t in trials if not t.ok), None)
@@ -472,19 +585,37 @@ class RunEngine:
             record.diff = unified_diff(self.repo.files_at(parent), new_files)
         message = commit_message(record, self)
         sha = self.repo.commit_proposal(record.idx, parent,
-                                        new_files if record.reason not in ("invalid_proposal", "not_editable",
-                                                                           "apply_failed") else None, message)
+                                        new_files if record.reason not in NOT_APPLIED else None, message)
         record.commit = sha
         fault("commit")  # test hook: commit and ref written, ledger not yet told
         if record.decision == "accepted":
             self.repo.advance_accepted(sha)
-        if not record.candidate_trials and record.reason not in ("invalid_proposal", "not_editable", "apply_failed"):
+        if not record.candidate_trials and record.reason not in NOT_APPLIED:
             record.candidate_trials, record.incumbent_trials = self._trials_for(record)
         path = write_proposal_report(self, record)
         record.report_path = str(path)
         fault("report")  # test hook: report written, proposal not yet marked finished
         self.ledger.update_proposal(self.run_id, record.idx, state="finished", commit_sha=sha,
                                     report_path=str(path.relative_to(self.run_dir)))
+
+    def _finish_minimal(self, record: ProposalRecord, parent: str, exc: BaseException) -> None:
+        """A proposal whose recording or reporting failed ends as a crash: it leaves the accepted
+        branch if it had joined it, and gets a plain report with the facts and the error."""
+        from autoresearch.reports import report_name
+
+        note = f"decided {record.decision} ({record.reason}), then " + _internal_error("recording it", exc)
+        if record.commit and self.repo.ref_sha("refs/heads/accepted") == record.commit:
+            self.repo.retract_accepted(record.commit, parent)
+        record.decision, record.reason = "rejected", "crash"
+        record.detail = (record.detail + "; " if record.detail else "") + note
+        path = self.run_dir / "reports" / report_name(record)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"# Proposal {record.idx:03d}\n\n**Decision: REJECTED** (reason: `crash`)\n\n"
+                        f"The full report could not be written: {note}\n")
+        record.report_path = str(path)
+        self.ledger.update_proposal(self.run_id, record.idx, state="finished", commit_sha=record.commit,
+                                    report_path=str(path.relative_to(self.run_dir)), decision=record.decision,
+                                    reason=record.reason, detail=record.detail)
 
     def _trials_for(self, record: ProposalRecord) -> tuple[list[TrialRecord], list[TrialRecord]]:
         rows = self.ledger.trials(self.run_id)
@@ -500,8 +631,9 @@ class RunEngine:
         rec = ProposalRecord(idx=row["idx"], title=row["title"], hypothesis=row["hypothesis"],
                              decision=row["decision"] or "rejected", reason=row["reason"] or "", detail=row["detail"] or "",
                              diff=row["diff"] or "", gate=gate, commit=row["commit_sha"],
-                             report_path=row["report_path"], wall_seconds=row["wall_seconds"] or 0.0)
-        if rec.reason not in ("invalid_proposal", "not_editable", "apply_failed"):
+                             report_path=row["report_path"], wall_seconds=row["wall_seconds"] or 0.0,
+                             integrity=json.loads(row["integrity_json"]) if row.get("integrity_json") else {})
+        if rec.reason not in NOT_APPLIED:
             rec.candidate_trials, rec.incumbent_trials = self._trials_for(rec)
         return rec
 
@@ -545,6 +677,25 @@ class RunEngine:
 
 class _DataMismatchRejection(ProposalRejected):
     reason = "data_mismatch"
+
+
+# Reasons a proposal ends with before any code of it could be applied (no commit tree of its own).
+NOT_APPLIED = ("invalid_proposal", "not_editable", "apply_failed")
+STORAGE_ERRNOS = (28, 30, 13, 122)  # ENOSPC, EROFS, EACCES, EDQUOT: the host's problem, not the proposal's
+
+
+def _reraise_storage(exc: BaseException) -> None:
+    """Storage and ledger failures stop the run (resume after fixing the disk); nothing else does."""
+    if isinstance(exc, LedgerError) or (isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS):
+        raise exc
+
+
+def _internal_error(doing: str, exc: BaseException) -> str:
+    import traceback
+
+    where = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+    at = f" at {Path(where[0].filename).name}:{where[0].lineno}" if where else ""
+    return f"internal error while {doing} ({type(exc).__name__}: {str(exc)[:300]}{at}); the run went on"
 
 
 def unified_diff(old: dict[str, str], new: dict[str, str]) -> str:

@@ -96,6 +96,13 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("002_run_active_seconds", """
         ALTER TABLE runs ADD COLUMN active_seconds REAL NOT NULL DEFAULT 0
     """),
+    # Seeds drawn per run from a secret; the memorisation check's perturbed copies; integrity figures.
+    ("003_secret_perturbed_integrity", """
+        ALTER TABLE runs ADD COLUMN secret TEXT;
+        ALTER TABLE trials ADD COLUMN perturbed_metric REAL;
+        ALTER TABLE trials ADD COLUMN perturbed_correct BLOB;
+        ALTER TABLE proposals ADD COLUMN integrity_json TEXT
+    """),
 ]
 
 

@@ -123,3 +123,11 @@ class RunRepo:
             raise RuntimeError(f"commit {sha[:10]} is not a child of the accepted tip {tip[:10]}")
         git.Reference.create(self.repo, f"refs/heads/{ACCEPTED}", sha, force=True)
         self.repo.git.reset("--hard", ACCEPTED)
+
+    def retract_accepted(self, sha: str, parent: str) -> None:
+        """Move ``accepted`` back from its tip ``sha`` to ``parent`` (a proposal that could not be
+        recorded in full is not accepted after all)."""
+        if self.accepted_tip != sha or [p.hexsha for p in self.repo.commit(sha).parents] != [parent]:
+            raise RuntimeError(f"commit {sha[:10]} is not the accepted tip on top of {parent[:10]}")
+        git.Reference.create(self.repo, f"refs/heads/{ACCEPTED}", parent, force=True)
+        self.repo.git.reset("--hard", ACCEPTED)

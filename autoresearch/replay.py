@@ -94,7 +94,11 @@ def verify_replay(run_dir: Path, result: ReplayResult, *, seed_base: int | None 
     repo = git.Repo(result.path)
     base_commit = repo.commit(f"HEAD~{len(result.applied)}") if result.applied else repo.head.commit
 
-    base = seed_base if seed_base is not None else engine.bench.spec.gate.verify_seed_base + 1000
-    engine.verify_seeds = [base + i for i in range(engine.gate.seeds)]
+    # Seeds none of the run has used and nobody could know in advance: drawn from a fresh secret
+    # (or, with --seed-base, consecutive seeds the user chose and the output states).
+    from autoresearch.seeding import draw_seeds, new_secret
+
+    engine.verify_seeds = ([seed_base + i for i in range(engine.gate.seeds)] if seed_base is not None
+                           else draw_seeds(new_secret(), "replay-verify", engine.gate.seeds))
     headline = engine.verify_chain(final_files=tree_files(repo.head.commit), baseline_files=tree_files(base_commit))
     return headline

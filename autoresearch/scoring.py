@@ -63,8 +63,8 @@ def parse_predictions(raw: bytes, *, rows: int, classes: int) -> np.ndarray:
     return arr.astype(np.float64)
 
 
-def score(raw: bytes, labels: np.ndarray, *, classes: int, metric: Metric) -> SplitScores:
-    logits = parse_predictions(raw, rows=int(labels.shape[0]), classes=classes)
+def score_logits(logits: np.ndarray, labels: np.ndarray, *, metric: Metric) -> SplitScores:
+    """The metric and per-example scores of parsed logits (float64, finite, rows = labels)."""
     shifted = logits - logits.max(axis=1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     nll = -log_probs[np.arange(labels.shape[0]), labels]
@@ -72,3 +72,7 @@ def score(raw: bytes, labels: np.ndarray, *, classes: int, metric: Metric) -> Sp
     if metric.name != "accuracy":
         raise ValueError(f"unsupported metric {metric.name}")
     return SplitScores(metric=float(correct.mean()), correct=correct, nll=nll, count=int(labels.shape[0]))
+
+
+def score(raw: bytes, labels: np.ndarray, *, classes: int, metric: Metric) -> SplitScores:
+    return score_logits(parse_predictions(raw, rows=int(labels.shape[0]), classes=classes), labels, metric=metric)

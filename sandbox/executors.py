@@ -1,7 +1,8 @@
 """Where trials run: device slots on this machine, and Ray tasks across machines.
 
-Every executor runs the same trial function (``sandbox.trial.run_trial``) on the same picklable
-requests and returns the outputs in request order; it never scores, gates or records anything.
+Every executor runs the same trial function (``sandbox.trial.run_trials``: every seed of one
+request, one sandbox per phase) on the same picklable requests and returns each request's outputs
+in request order; it never scores, gates or records anything.
 Decisions are therefore independent of how many slots ran the trials, or where.
 
 Devices: one GPU per trial slot. A slot's GPU is pinned through the sandbox: only that device's
@@ -41,43 +42,58 @@ def cuda_device_nodes(node: str | int, exists: Callable[[str], bool] = os.path.e
     return tuple(p for p in (*CUDA_CONTROL_NODES, node) if exists(p))
 
 
-def pin_request(req: TrialRequest, device: str, exists: Callable[[str], bool] = os.path.exists,
-                gpus: list[NvidiaGpu] | None = None) -> TrialRequest:
-    """The request as it runs on ``device``: for a GPU, only its node is bound into the sandbox and
-    only it is visible (as cuda:0 inside); for the CPU, no GPU node and no visible GPU.
+@dataclasses.dataclass(frozen=True)
+class Pinning:
+    """What a request on one device is given: the device nodes bound into its sandbox, the CUDA
+    environment and what the harness is told (its device, and where that is on the host)."""
+
+    devices: tuple[str, ...]
+    env: dict[str, str]
+    config: dict
+
+
+def pinning(device: str, exists: Callable[[str], bool] = os.path.exists,
+            gpus: list[NvidiaGpu] | None = None) -> Pinning:
+    """For a GPU, only its node is bound into the sandbox and only it is visible (as cuda:0
+    inside); for the CPU, no GPU node and no visible GPU.
 
     ``cuda:N`` is N as this process's CUDA numbers GPUs (see sandbox.gpus). Where the driver lists
     its GPUs, the node is the GPU's own (by minor number) and CUDA inside is given its UUID; where
     it does not, /dev/nvidia<N> and index N are used as they are."""
-    env = {k: v for k, v in req.env if k not in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")}
     if device == "cpu":
-        env["CUDA_VISIBLE_DEVICES"] = ""
-        return dataclasses.replace(req, devices=(), env=tuple(sorted(env.items())),
-                                   config=req.config | {"device": "cpu"})
+        return Pinning(devices=(), env={"CUDA_VISIBLE_DEVICES": ""}, config={"device": "cpu"})
     index = int(device.split(":")[1]) if ":" in device else 0
     table = visible_gpus(nvidia_gpus() if gpus is None else gpus)
     if table:
         if index >= len(table):
             raise ValueError(f"{device} does not exist here: CUDA sees {len(table)} GPU(s)")
         gpu = table[index]
-        nodes, env["CUDA_VISIBLE_DEVICES"] = cuda_device_nodes(gpu.node, exists), gpu.uuid or "0"
+        nodes, visible = cuda_device_nodes(gpu.node, exists), gpu.uuid or "0"
         where = {"host_device": f"cuda:{index}", "gpu_bus_id": gpu.bus_id, "gpu_uuid": gpu.uuid}
     else:
-        nodes, env["CUDA_VISIBLE_DEVICES"] = cuda_device_nodes(index, exists), str(index)
+        nodes, visible = cuda_device_nodes(index, exists), str(index)
         where = {"host_device": f"cuda:{index}"}
-    env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-    return dataclasses.replace(req, devices=nodes, env=tuple(sorted(env.items())),
-                               config=req.config | {"device": "cuda:0"} | where)
+    return Pinning(devices=nodes, env={"CUDA_VISIBLE_DEVICES": visible, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"},
+                   config={"device": "cuda:0"} | where)
 
 
-def run_on_slots(fn: Callable[[TrialRequest], TrialOutput], requests: list[TrialRequest],
-                 devices: list[str]) -> list[TrialOutput]:
-    """Run requests on len(devices) slots; a slot holds its device for the whole trial."""
+def pin_request(req: TrialRequest, device: str, exists: Callable[[str], bool] = os.path.exists,
+                gpus: list[NvidiaGpu] | None = None) -> TrialRequest:
+    """The request as it runs on ``device`` (see ``pinning``)."""
+    pin = pinning(device, exists, gpus)
+    env = {k: v for k, v in req.env if k not in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")} | pin.env
+    config = {k: v for k, v in req.config.items() if k not in ("host_device", "gpu_bus_id", "gpu_uuid")}
+    return dataclasses.replace(req, devices=pin.devices, env=tuple(sorted(env.items())), config=config | pin.config)
+
+
+def run_on_slots(fn: Callable[[TrialRequest], list[TrialOutput]], requests: list[TrialRequest],
+                 devices: list[str]) -> list[list[TrialOutput]]:
+    """Run requests on len(devices) slots; a slot holds its device for the whole request."""
     free: queue.Queue[str] = queue.Queue()
     for d in devices:
         free.put(d)
 
-    def one(req: TrialRequest) -> TrialOutput:
+    def one(req: TrialRequest) -> list[TrialOutput]:
         device = free.get()
         try:
             return fn(pin_request(req, device))
@@ -91,13 +107,14 @@ def run_on_slots(fn: Callable[[TrialRequest], TrialOutput], requests: list[Trial
 # --------------------------------------------------------------------------- Ray
 
 
-def _lost(req: TrialRequest, exc: BaseException, attempts: int) -> TrialOutput:
-    return TrialOutput(seed=req.seed, status=TrialStatus.CRASH, isolation=req.isolation,
-                       detail=f"ray task failed on {attempts} attempt(s) without a result (worker lost or task error) "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else '-'})")
+def _lost(req: TrialRequest, exc: BaseException, attempts: int) -> list[TrialOutput]:
+    detail = (f"ray task failed on {attempts} attempt(s) without a result (worker lost or task error) "
+              f"({type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else '-'})")
+    return [TrialOutput(seed=seed, status=TrialStatus.CRASH, isolation=req.isolation, detail=detail)
+            for seed in req.seeds]
 
 
-def _ray_trial(fn: Callable[[TrialRequest], TrialOutput], req: TrialRequest) -> TrialOutput:
+def _ray_trial(fn: Callable[[TrialRequest], list[TrialOutput]], req: TrialRequest) -> list[TrialOutput]:
     """Runs on a Ray worker: pin the GPU Ray assigned to this task (if any), then run the trial."""
     import ray
 
@@ -195,7 +212,8 @@ class RayExecutor:
         self.num_gpus = (1 if gpus else 0) if num_gpus_per_trial is None else num_gpus_per_trial
         self._remote = ray.remote(_ray_trial)
 
-    def map(self, fn: Callable[[TrialRequest], TrialOutput], requests: list[TrialRequest]) -> list[TrialOutput]:
+    def map(self, fn: Callable[[TrialRequest], list[TrialOutput]],
+            requests: list[TrialRequest]) -> list[list[TrialOutput]]:
         import ray
 
         # The engine's wrapper closes over the driver (ledger, live view) and cannot travel to a
@@ -215,7 +233,8 @@ class RayExecutor:
                 out = ray.get(ref)
             except (ray.exceptions.RayError, OSError) as exc:  # worker died, node lost, task error
                 out = _lost(req, exc, self.max_retries + 1)
-            if not isinstance(out, TrialOutput):
+            if not (isinstance(out, list) and len(out) == len(req.seeds)
+                    and all(isinstance(o, TrialOutput) for o in out)):
                 out = _lost(req, TypeError(f"task returned {type(out).__name__}"), 1)
             outputs.append(out)
         return outputs

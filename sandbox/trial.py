@@ -1,8 +1,12 @@
-"""One trial: train a candidate's code on one seed, then predict, each phase in a fresh sandbox.
+"""Trials of one code version: train every seed it is asked for, then predict, each phase in one
+fresh sandbox (protocol 2 of the frozen harness: one Python and one torch import per phase, each
+seed in a child forked before any candidate code loads; see the harness's runtime.py).
 
 The function here is the unit every executor runs (local slots or Ray tasks). It takes plain
-data and returns plain data: the predictions come back as raw ``.npy`` bytes (size-capped), and
-the trusted scorer on the driver parses and scores them. Nothing here reads labels of val/test.
+data and returns plain data: per seed, a status, the harness's validated reports and the raw
+logits bytes (size-capped), which the trusted scorer on the driver parses and scores. Nothing
+here reads labels of val/test. Whatever the sandbox returns is parsed defensively
+(sandbox.results); a malformed answer is that seed's failure, never an exception.
 """
 
 from __future__ import annotations
@@ -19,9 +23,13 @@ from enum import Enum
 from pathlib import Path
 
 from autoresearch.sandbox.isolation import Limits, Mount, SandboxResult, run_sandboxed
+from autoresearch.sandbox.results import (MAX_REPORT_BYTES, PredictReport, Record, TrainReport, file_bytes,
+                                          parse_report, read_records)
 
-EXIT_NONFINITE = 3  # the harness's convention (see autoresearch/harnesses/torch-classifier/run_train.py)
+PROTOCOL = 2
+EXIT_NONFINITE = 3  # the harness's conventions (autoresearch/harnesses/torch-classifier/runtime.py)
 EXIT_TAMPERED = 4
+CHILD_GRACE_SECONDS = 5.0  # per seed, on top of its budget: importing the candidate, saving
 
 
 class TrialStatus(str, Enum):
@@ -31,26 +39,43 @@ class TrialStatus(str, Enum):
     CRASH = "crash"
     NONFINITE = "nonfinite"
     TAMPERED = "tampered"
+    OVER_BUDGET = "over_budget"
+    TRANSDUCTIVE = "transductive"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Budget:
+    """What one seed may use, as the harness counts it (limits, not rules)."""
+
+    train_examples: int  # examples through the model with gradients on (epochs x train size, + tolerance)
+    other_examples: int  # examples through the model with gradients off, in training (evaluation passes)
+    predict_examples: int  # examples through the model in the predict phase (every input once, twice for the check rows)
+    checkpoint_bytes: int
+    prediction_bytes: int
 
 
 @dataclass(frozen=True, kw_only=True)
 class TrialRequest:
-    """Everything a trial needs, as paths and numbers (picklable, for Ray)."""
+    """Every seed of one code version that one sandbox pair runs, as paths and numbers (picklable, for Ray)."""
 
     workspace: str  # the candidate's repo files (mounted read-only)
     harness: str  # the benchmark's frozen harness (read-only)
     train_data: str  # train inputs+labels (read-only)
-    predict_data: str  # val/test inputs only (read-only)
-    work_dir: str  # scratch for this trial's outputs, on the host
-    seed: int
-    config: dict  # epochs, batch_size, threads, num_classes, device, splits
-    train_seconds: float
-    predict_seconds: float
-    grace_seconds: float
+    predict_data: str  # inputs.npy: val/test inputs and perturbed copies, mixed (read-only)
+    work_dir: str  # scratch for this request's outputs, on the host
+    seeds: tuple[int, ...]
+    keys: tuple[str, ...]  # per seed: the secret key the harness seeds everything from (never the seed)
+    sketch_key: str  # the run's key for the weight sketch positions (the same for every seed)
+    config: dict  # epochs, batch_size, threads, num_classes, device
+    predict: dict  # batch, check_rows, check_batch
+    budget: Budget
+    train_seconds: float  # per seed
+    predict_seconds: float  # per seed
+    grace_seconds: float  # per phase: interpreter and torch start-up
     memory_bytes: int
     max_processes: int
-    max_prediction_bytes: int
     isolation: str
+    packages: tuple[str, ...] = ("numpy", "torch")
     protected: tuple[str, ...] = ()  # extra host paths hashed before/after (e.g. the labels dir)
     devices: tuple[str, ...] = ()  # device nodes to expose (GPU slot), bubblewrap only
     env: tuple[tuple[str, str], ...] = ()
@@ -58,8 +83,10 @@ class TrialRequest:
 
 @dataclass(kw_only=True)
 class PhaseTiming:
-    start: float = 0.0  # spawning the sandbox until the process runs
-    run: float = 0.0  # wall time of the phase
+    start: float = 0.0  # spawning the phase's sandbox until its process runs (shared by its seeds)
+    run: float = 0.0  # wall time of this seed's child
+    cpu: float | None = None  # CPU seconds of this seed's child (measured by the runner)
+    sandbox: float = 0.0  # wall time of the whole phase sandbox (shared by its seeds)
 
 
 @dataclass(kw_only=True)
@@ -70,8 +97,10 @@ class TrialOutput:
     isolation: str
     train: PhaseTiming = field(default_factory=PhaseTiming)
     predict: PhaseTiming = field(default_factory=PhaseTiming)
-    train_report: dict = field(default_factory=dict)
-    predictions: dict[str, bytes] = field(default_factory=dict)  # split -> raw .npy bytes
+    train_report: dict = field(default_factory=dict)  # validated TrainReport, as a dict
+    predict_report: dict = field(default_factory=dict)
+    logits: bytes = b""  # raw .npy bytes: one row per predict input
+    check: bytes = b""  # raw .npy bytes: the check rows again, in another order and batch size
     log_tail: str = ""
     peak_memory_bytes: int | None = None
     notes: list[str] = field(default_factory=list)
@@ -80,7 +109,8 @@ class TrialOutput:
     def summary(self) -> dict:
         d = asdict(self)
         d["status"] = self.status.value
-        d.pop("predictions")
+        d.pop("logits")
+        d.pop("check")
         return d
 
 
@@ -148,134 +178,221 @@ def _python() -> str:
     return sys.executable
 
 
-def _classify(res: SandboxResult, phase: str) -> tuple[TrialStatus, str] | None:
+def _phase_failure(res: SandboxResult, phase: str) -> tuple[TrialStatus, str]:
+    """Why a phase's sandbox gave no record for a seed (it died, or ran past its limits)."""
     if res.timed_out:
         return TrialStatus.TIMEOUT, f"{phase} phase ran past its budget and was killed after {res.wall_seconds:.1f}s"
     if res.output_exceeded:
         return TrialStatus.CRASH, f"{phase} phase wrote more than its output cap and was killed"
     log = res.log_excerpt
-    if res.oom or "MemoryError" in log or "DefaultCPUAllocator: can't allocate memory" in log or \
-            "CUDA out of memory" in log or "OutOfMemoryError" in log:
+    if res.oom or "MemoryError" in log or "DefaultCPUAllocator: can't allocate memory" in log:
         return TrialStatus.OOM, f"{phase} phase ran out of memory"
-    if res.exit_code == 0:
-        return None
-    if phase == "train" and res.exit_code == EXIT_NONFINITE:
-        return TrialStatus.NONFINITE, "training produced a non-finite loss or weights"
-    if phase == "train" and res.exit_code == EXIT_TAMPERED:
-        return TrialStatus.TAMPERED, "the candidate changed the seed it was given"
     if res.signal is not None:
         return TrialStatus.CRASH, f"{phase} phase killed by signal {res.signal}"
     last = next((line for line in reversed(log.strip().splitlines()) if line.strip()), "")
-    return TrialStatus.CRASH, f"{phase} phase exited with code {res.exit_code}: {last[:300]}"
+    return TrialStatus.CRASH, f"{phase} phase ended (code {res.exit_code}) before this seed: {last[:300]}"
 
 
-def run_trial(req: TrialRequest) -> TrialOutput:
+def _child_failure(rec: Record, res: SandboxResult, phase: str, seconds: float) -> tuple[TrialStatus, str] | None:
+    """Why one seed's child failed, from what the runner saw of it; None when it exited 0."""
+    log = rec.log
+    if rec.timed_out:
+        return TrialStatus.TIMEOUT, f"{phase} ran past its budget of {seconds:g}s (killed after {rec.seconds:.1f}s)"
+    if "MemoryError" in log or "DefaultCPUAllocator: can't allocate memory" in log or \
+            "CUDA out of memory" in log or "OutOfMemoryError" in log:
+        return TrialStatus.OOM, f"{phase} ran out of memory"
+    if rec.signal == 9 and res.oom:
+        return TrialStatus.OOM, f"{phase} ran out of memory (killed by the memory cgroup)"
+    if rec.exit == 0:
+        return None
+    if phase == "train" and rec.exit == EXIT_NONFINITE:
+        return TrialStatus.NONFINITE, "training produced a non-finite loss or weights"
+    if phase == "train" and rec.exit == EXIT_TAMPERED:
+        return TrialStatus.TAMPERED, "the candidate reseeded the global torch generator the harness seeded"
+    if rec.signal is not None:
+        return TrialStatus.CRASH, f"{phase} killed by signal {rec.signal}"
+    last = next((line for line in reversed(log.strip().splitlines()) if line.strip()), "")
+    return TrialStatus.CRASH, f"{phase} exited with code {rec.exit}: {last[:300]}"
+
+
+def _over_budget(name: str, used: int, limit: int) -> tuple[TrialStatus, str] | None:
+    if used > limit:
+        return TrialStatus.OVER_BUDGET, f"{name}: {used} examples passed through the model, over the budget of {limit}"
+    return None
+
+
+def run_trials(req: TrialRequest) -> list[TrialOutput]:
+    """Train and predict every seed of ``req``; one output per seed, in request order."""
     work = Path(req.work_dir)
     if work.exists():
         shutil.rmtree(work)
-    train_out, predict_out = work / "train_out", work / "predict_out"
-    train_out.mkdir(parents=True)
-    predict_out.mkdir(parents=True)
+    work.mkdir(parents=True)
+    slots = list(range(len(req.seeds)))
+    outputs = [TrialOutput(seed=s, status=TrialStatus.OK, detail="", isolation=req.isolation) for s in req.seeds]
+    device = str(req.config.get("device", "cpu"))
+    for out in outputs:
+        if device.startswith("cuda"):  # the host's name for the one visible GPU
+            out.device = str(req.config.get("host_device") or f"cuda:{dict(req.env).get('CUDA_VISIBLE_DEVICES', '?')}")
+            if req.config.get("gpu_bus_id"):
+                out.device += f" (PCI {req.config['gpu_bus_id']})"
+        else:
+            out.device = device
 
     protected = {"workspace": req.workspace, "harness": req.harness, "train data": req.train_data,
                  "predict data": req.predict_data}
     protected.update({p: p for p in req.protected})
     before = {name: tree_hash(p) for name, p in protected.items()}
+    isolated = req.isolation == "bubblewrap"
     env = dict(req.env)
     env.setdefault("OMP_NUM_THREADS", str(req.config.get("threads", 1)))
     env.setdefault("MKL_NUM_THREADS", str(req.config.get("threads", 1)))
     env.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    config_json = json.dumps(req.config, sort_keys=True)
-    output = TrialOutput(seed=req.seed, status=TrialStatus.OK, detail="", isolation=req.isolation)
-    if str(req.config.get("device", "cpu")).startswith("cuda"):  # the host's name for the one visible GPU
-        output.device = str(req.config.get("host_device") or f"cuda:{env.get('CUDA_VISIBLE_DEVICES', '?')}")
-        if req.config.get("gpu_bus_id"):
-            output.device += f" (PCI {req.config['gpu_bus_id']})"
-    else:
-        output.device = str(req.config.get("device", "cpu"))
 
-    # The sandbox's /tmp is a tmpfs under bubblewrap; without it, give each phase a private host dir.
-    def phase_env(name: str) -> dict[str, str]:
-        e = dict(env)
-        if req.isolation != "bubblewrap":
-            tmp = work / f"{name}_tmp"
-            tmp.mkdir(exist_ok=True)
-            e["TMPDIR"] = str(tmp)
-        return e
+    def inside(host: str, where: str) -> str:
+        return where if isolated else host
 
-    def scratch(name: str) -> list[Mount]:
-        # Without bubblewrap the private TMPDIR is a host folder: the output watchdog caps it too.
-        if req.isolation == "bubblewrap":
-            return []
+    def scratch(name: str) -> tuple[str, list[Mount], dict[str, str]]:
+        """The runner's scratch: the sandbox's own size-capped /tmp, or without it a private host folder."""
+        if isolated:
+            return "/tmp", [], env
         tmp = work / f"{name}_tmp"
-        return [Mount(host=tmp, inside=str(tmp), writable=True)]
+        tmp.mkdir()
+        return str(tmp), [Mount(host=tmp, inside=str(tmp), writable=True)], env | {"TMPDIR": str(tmp)}
 
-    def limits(seconds: float) -> Limits:
-        return Limits(wall_seconds=seconds + req.grace_seconds, cpu_seconds=int(4 * (seconds + req.grace_seconds)) + 30,
-                      memory_bytes=req.memory_bytes, max_processes=req.max_processes,
-                      max_output_bytes=max(256 * 1024**2, 4 * req.max_prediction_bytes))
+    def limits(seconds_per_seed: float, count: int, file_cap: int) -> Limits:
+        wall = req.grace_seconds + count * (seconds_per_seed + CHILD_GRACE_SECONDS + 1.0)
+        return Limits(wall_seconds=wall, cpu_seconds=int(4 * wall) + 30, memory_bytes=req.memory_bytes,
+                      max_processes=req.max_processes, max_file_bytes=file_cap,
+                      tmp_bytes=max(256 * 1024**2, 3 * req.budget.checkpoint_bytes + 64 * 1024**2),
+                      max_output_bytes=file_cap)
 
     common = [Mount(host=Path(req.workspace), inside="/sandbox/repo"),
               Mount(host=Path(req.harness), inside="/sandbox/harness")]
-    train_res = run_sandboxed(
-        [_python(), "-I", "-B", "/sandbox/harness/run_train.py", "--repo", "/sandbox/repo", "--data", "/sandbox/data",
-         "--out", "/sandbox/out", "--seed", str(req.seed), "--config", config_json],
-        mounts=common + [Mount(host=Path(req.train_data), inside="/sandbox/data"),
-                         Mount(host=train_out, inside="/sandbox/out", writable=True)] + scratch("train"),
-        limits=limits(req.train_seconds), isolation=req.isolation, env=phase_env("train"), cwd="/sandbox/repo",
-        devices=req.devices)
-    output.train = PhaseTiming(start=train_res.start_seconds, run=train_res.wall_seconds)
-    output.log_tail = "== train ==\n" + train_res.log_excerpt[-6000:]
-    output.peak_memory_bytes = train_res.peak_memory_bytes
-    output.notes.extend(train_res.notes)
-    failure = _classify(train_res, "train")
-    ckpt = train_out / "checkpoint.pt"
-    if failure is None and (ckpt.is_symlink() or not ckpt.is_file()):
-        failure = (TrialStatus.CRASH, "train phase wrote no checkpoint (or not as a plain file)")
-    if failure is None:
-        try:
-            report = json.loads(read_output_file(train_out / "train_report.json", 10000) or b"{}")
-            output.train_report = report if isinstance(report, dict) else {}
-        except ValueError:
-            output.train_report = {}
-        pred_res = run_sandboxed(
-            [_python(), "-I", "-B", "/sandbox/harness/run_predict.py", "--repo", "/sandbox/repo", "--data",
-             "/sandbox/data", "--checkpoint", "/sandbox/ckpt", "--out", "/sandbox/out", "--config", config_json],
-            mounts=common + [Mount(host=Path(req.predict_data), inside="/sandbox/data"),
-                             Mount(host=train_out, inside="/sandbox/ckpt"),
-                             Mount(host=predict_out, inside="/sandbox/out", writable=True)] + scratch("predict"),
-            limits=limits(req.predict_seconds), isolation=req.isolation, env=phase_env("predict"),
-            cwd="/sandbox/repo", devices=req.devices)
-        output.predict = PhaseTiming(start=pred_res.start_seconds, run=pred_res.wall_seconds)
-        output.log_tail += "\n== predict ==\n" + pred_res.log_excerpt[-3000:]
-        output.notes.extend(pred_res.notes)
-        failure = _classify(pred_res, "predict")
-        if failure is None:
-            for split in req.config["splits"]:
-                path = predict_out / f"{split}.npy"
-                if not path.is_file() or path.is_symlink():
-                    failure = (TrialStatus.CRASH, f"predict phase wrote no predictions for {split}")
-                    break
-                size = path.stat().st_size
-                if size > req.max_prediction_bytes:
-                    failure = (TrialStatus.CRASH, f"predictions for {split} are {size} bytes, over the cap of "
-                                                  f"{req.max_prediction_bytes}")
-                    break
-                raw = read_output_file(path, req.max_prediction_bytes)
-                if raw is None:
-                    failure = (TrialStatus.CRASH, f"predictions for {split} are not a plain file within the cap")
-                    break
-                output.predictions[split] = raw
+    harness = inside(req.harness, "/sandbox/harness")
 
-    if failure is not None and failure[0] == TrialStatus.CRASH:
+    # ---------------------------------------------------------------- train
+    train_file = work / "train.results"
+    train_caps = {"checkpoint.pt": req.budget.checkpoint_bytes + 1, "report.json": MAX_REPORT_BYTES}
+    train_cap = len(slots) * (req.budget.checkpoint_bytes + MAX_REPORT_BYTES + 128 * 1024) + 1024**2
+    tmp, tmp_mounts, train_env = scratch("train")
+    orders = {"protocol": PROTOCOL, "phase": "train", "results_fd": 0, "isolated": isolated, "scratch": tmp,
+              "child_seconds": req.train_seconds + CHILD_GRACE_SECONDS,
+              "repo": inside(req.workspace, "/sandbox/repo"), "data": inside(req.train_data, "/sandbox/data"),
+              "config": req.config, "sketch_key": req.sketch_key,
+              "trials": [{"slot": i, "key": k} for i, k in zip(slots, req.keys)]}
+    fd = os.open(train_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        orders["results_fd"] = fd
+        train_res = run_sandboxed(
+            [_python(), "-I", "-B", f"{harness}/run_train.py"],
+            mounts=common + [Mount(host=Path(req.train_data), inside="/sandbox/data")] + tmp_mounts,
+            limits=limits(req.train_seconds, len(slots), train_cap), isolation=req.isolation, env=train_env,
+            cwd=inside(req.workspace, "/sandbox/repo"), devices=req.devices,
+            stdin_data=json.dumps(orders).encode(), pass_fds=(fd,))
+    finally:
+        os.close(fd)
+    records, problem = read_records(train_file, allowed_files=train_caps, slots=set(slots))
+    trained: list[int] = []
+    for i, out in enumerate(outputs):
+        out.train = PhaseTiming(start=train_res.start_seconds, sandbox=train_res.wall_seconds)
+        out.notes.extend(train_res.notes)
+        out.peak_memory_bytes = train_res.peak_memory_bytes
+        rec = records.get(i)
+        if rec is None:
+            out.status, out.detail = _phase_failure(train_res, "train")
+            if problem:
+                out.detail += f" ({problem})"
+            out.log_tail = "== train (phase) ==\n" + train_res.log_excerpt[-6000:]
+            continue
+        out.train.run, out.train.cpu = rec.seconds, rec.cpu_seconds
+        out.log_tail = "== train ==\n" + rec.log[-6000:]
+        failure = _child_failure(rec, train_res, "train", req.train_seconds)
+        if failure is None:
+            report, why = parse_report(file_bytes(train_file, rec, "report.json"), TrainReport)
+            size = rec.files.get("checkpoint.pt", (0, -1))[1]
+            if report is None:
+                failure = (TrialStatus.CRASH, f"train wrote no valid report: {why}")
+            elif size < 0:
+                failure = (TrialStatus.CRASH, "train wrote no checkpoint")
+            elif size > req.budget.checkpoint_bytes:
+                failure = (TrialStatus.OVER_BUDGET, f"the checkpoint is {size} bytes, over the spec's limit of "
+                                                    f"{req.budget.checkpoint_bytes}")
+            else:
+                out.train_report = report.model_dump()
+                compute = report.compute
+                failure = _over_budget("training (gradients on)", compute.train_examples, req.budget.train_examples) \
+                    or _over_budget("training (gradients off)", compute.other_examples, req.budget.other_examples)
+        if failure is not None:
+            out.status, out.detail = failure
+        else:
+            trained.append(i)
+
+    # ---------------------------------------------------------------- predict
+    predict_res = None
+    if trained:
+        predict_file = work / "predict.results"
+        predict_caps = {"logits.npy": req.budget.prediction_bytes, "check.npy": req.budget.prediction_bytes,
+                        "report.json": MAX_REPORT_BYTES}
+        predict_cap = len(trained) * (2 * req.budget.prediction_bytes + MAX_REPORT_BYTES + 128 * 1024) + 1024**2
+        tmp, tmp_mounts, predict_env = scratch("predict")
+        orders = {"protocol": PROTOCOL, "phase": "predict", "isolated": isolated, "scratch": tmp,
+                  "child_seconds": req.predict_seconds + CHILD_GRACE_SECONDS,
+                  "repo": inside(req.workspace, "/sandbox/repo"), "data": inside(req.predict_data, "/sandbox/data"),
+                  "config": req.config, **req.predict,
+                  "trials": [{"slot": i, "key": req.keys[i], "offset": records[i].files["checkpoint.pt"][0],
+                              "size": records[i].files["checkpoint.pt"][1]} for i in trained]}
+        ckpt_fd = os.open(train_file, os.O_RDONLY)
+        fd = os.open(predict_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            orders |= {"results_fd": fd, "checkpoints_fd": ckpt_fd, "private_fds": [ckpt_fd]}
+            predict_res = run_sandboxed(
+                [_python(), "-I", "-B", f"{harness}/run_predict.py"],
+                mounts=common + [Mount(host=Path(req.predict_data), inside="/sandbox/data")] + tmp_mounts,
+                limits=limits(req.predict_seconds, len(trained), predict_cap), isolation=req.isolation,
+                env=predict_env, cwd=inside(req.workspace, "/sandbox/repo"), devices=req.devices,
+                stdin_data=json.dumps(orders).encode(), pass_fds=(fd, ckpt_fd))
+        finally:
+            os.close(fd)
+            os.close(ckpt_fd)
+        precords, problem = read_records(predict_file, allowed_files=predict_caps, slots=set(trained))
+        for i in trained:
+            out = outputs[i]
+            out.predict = PhaseTiming(start=predict_res.start_seconds, sandbox=predict_res.wall_seconds)
+            out.notes.extend(n for n in predict_res.notes if n not in out.notes)
+            rec = precords.get(i)
+            if rec is None:
+                out.status, out.detail = _phase_failure(predict_res, "predict")
+                if problem:
+                    out.detail += f" ({problem})"
+                out.log_tail += "\n== predict (phase) ==\n" + predict_res.log_excerpt[-3000:]
+                continue
+            out.predict.run, out.predict.cpu = rec.seconds, rec.cpu_seconds
+            out.log_tail += "\n== predict ==\n" + rec.log[-3000:]
+            failure = _child_failure(rec, predict_res, "predict", req.predict_seconds)
+            if failure is None:
+                report, why = parse_report(file_bytes(predict_file, rec, "report.json"), PredictReport)
+                logits, check = file_bytes(predict_file, rec, "logits.npy"), file_bytes(predict_file, rec, "check.npy")
+                if report is None:
+                    failure = (TrialStatus.CRASH, f"predict wrote no valid report: {why}")
+                elif logits is None or check is None:
+                    failure = (TrialStatus.CRASH, "predict wrote no predictions")
+                else:
+                    out.predict_report = report.model_dump()
+                    out.logits, out.check = logits, check
+                    failure = _over_budget("prediction", report.compute.train_examples + report.compute.other_examples,
+                                           req.budget.predict_examples)
+            if failure is not None:
+                out.status, out.detail = failure
+
+    if any(o.status == TrialStatus.CRASH for o in outputs):
         _raise_if_host_disk_full(work)
     after = {name: tree_hash(p) for name, p in protected.items()}
     changed = [name for name in protected if before[name] != after[name]]
-    if changed:
-        failure = (TrialStatus.TAMPERED, f"protected files changed during the trial: {', '.join(changed)}")
-    if failure is not None:
-        output.status, output.detail = failure
-        output.predictions = {}
+    for out in outputs:
+        if changed:
+            out.status, out.detail = TrialStatus.TAMPERED, f"protected files changed during the trial: {', '.join(changed)}"
+        if out.status != TrialStatus.OK:
+            out.logits = out.check = b""
     # Checkpoints and scratch are not kept: the git commit and seed reproduce them.
     shutil.rmtree(work, ignore_errors=True)
-    return output
+    return outputs

@@ -4,6 +4,8 @@ train and predict through the sandbox on tiny synthetic data of their real shape
 
 from __future__ import annotations
 
+import io
+
 import json
 import subprocess
 from pathlib import Path
@@ -14,7 +16,8 @@ import pytest
 from autoresearch.benchmark import load_benchmark
 from autoresearch.datasets import encode_text_bytes
 from autoresearch.sandbox.isolation import isolation_level
-from autoresearch.sandbox.trial import TrialRequest, run_trial
+from autoresearch.sandbox.trial import run_trials
+from trial_fakes import make_request
 from conftest import AUTORESEARCH, REPO_ROOT, proposal_line
 
 pytestmark = pytest.mark.slow
@@ -29,7 +32,7 @@ def test_mnist5k_cnn_gates_end_to_end(tmp_path):
     proposals.write_text(MOMENTUM + "\n")
     runs = tmp_path / "runs"
     out = subprocess.run([AUTORESEARCH, "run", "--benchmark", "mnist5k-cnn", "--proposals-file", str(proposals),
-                          "--runs-dir", str(runs), "--seeds", "2", "--slots", "2", "--no-verify", "--device", "cpu"],
+                          "--runs-dir", str(runs), "--seeds", "4", "--slots", "2", "--no-verify", "--device", "cpu"],
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     (run_dir,) = list(runs.iterdir())
@@ -42,37 +45,41 @@ def test_mnist5k_cnn_gates_end_to_end(tmp_path):
     assert all(0.8 < t < 0.97 for t in incumbent)  # a real, textbook-weak baseline
     report = (run_dir / prop["report"]).read_text()
     assert "## Secondary metrics" in report and "macro-F1" in report
-    row = next(line for line in report.splitlines() if line.startswith("| 1 |") and "." in line.split("|")[2])
-    assert 0.8 < float(row.split("|")[2]) <= 1.0  # candidate macro-F1, from the shipped evaluate module
-    assert "seed 1 on cpu: bit-reproducible" in report
+    seed = prop["per_seed"][0]["seed"]
+    row = next(line for line in report.split("## Secondary metrics")[1].splitlines()
+               if line.startswith(f"| {seed} |"))
+    assert 0.8 < float(row.split("|")[2]) <= 1.0  # candidate macro-F1
+    assert f"seed {seed} on cpu: bit-reproducible" in report
 
 
 def _smoke(name: str, x: np.ndarray, y: np.ndarray, tmp_path: Path, epochs: int = 1, batch: int = 16):
-    """Train + predict one seed of a benchmark's real harness/repo in the sandbox on tiny data."""
+    """Train + predict two seeds of a benchmark's real harness/repo in the sandbox on tiny data."""
     bench = load_benchmark(name)
     train, predict = tmp_path / "train", tmp_path / "predict"
     train.mkdir()
     predict.mkdir()
     np.save(train / "train_x.npy", x)
     np.save(train / "train_y.npy", y)
-    np.save(predict / "val_x.npy", x[:8])
-    np.save(predict / "test_x.npy", x[8:16])
-    req = TrialRequest(workspace=str(bench.repo_dir), harness=str(bench.harness_dir), train_data=str(train),
-                       predict_data=str(predict), work_dir=str(tmp_path / "work"), seed=3,
-                       config={"epochs": epochs, "batch_size": batch, "threads": 1, "device": "cpu",
-                               "num_classes": int(bench.spec.data.num_classes), "splits": ["val", "test"]},
+    np.save(predict / "inputs.npy", x[:16])
+    base = make_request(seeds=(3, 4))
+    req = make_request(seeds=(3, 4), workspace=str(bench.repo_dir), harness=str(bench.harness_dir),
+                       train_data=str(train), predict_data=str(predict), work_dir=str(tmp_path / "work"),
+                       config=base.config | {"epochs": epochs, "batch_size": batch,
+                                             "num_classes": int(bench.spec.data.num_classes)},
+                       predict={"batch": 500, "check_rows": [5, 1, 9], "check_batch": 2},
                        train_seconds=240, predict_seconds=120, grace_seconds=30, memory_bytes=4 * 2**30,
-                       max_processes=64, max_prediction_bytes=2**20, isolation=isolation_level())
-    out = run_trial(req)
-    assert out.status.value == "ok", out.detail + "\n" + out.log_tail[-3000:]
-    assert out.device == "cpu"
-    assert out.train_report["determinism"]["deterministic_algorithms"] is True
-    import io
-
-    logits = np.load(io.BytesIO(out.predictions["test"]))
-    assert logits.shape == (8, bench.spec.data.num_classes) and logits.dtype == np.float32
-    assert np.isfinite(logits).all()
-    return out
+                       max_processes=64, isolation=isolation_level(),
+                       packages=("numpy", "torch", *bench.spec.sandbox.packages))
+    outs = run_trials(req)
+    for out in outs:
+        assert out.status.value == "ok", out.detail + "\n" + out.log_tail[-3000:]
+        assert out.device == "cpu"
+        assert out.train_report["determinism"]["deterministic_algorithms"] is True
+        logits = np.load(io.BytesIO(out.logits))
+        assert logits.shape == (16, bench.spec.data.num_classes) and logits.dtype == np.float32
+        assert np.isfinite(logits).all()
+        assert np.allclose(np.load(io.BytesIO(out.check)), logits[[5, 1, 9]], rtol=1e-4, atol=1e-5)
+    return outs
 
 
 def test_cifar10_resnet_harness_on_synthetic_images(tmp_path):

@@ -29,7 +29,7 @@ def test_all_new_benchmarks_load():
 
 def test_mnist5k_matches_its_pins(tmp_path):
     bench = load_benchmark("mnist5k-cnn")
-    data = prepare_data(bench, tmp_path)  # raises DataMismatch on any difference
+    data = prepare_data(bench, tmp_path, "ab" * 32)  # raises DataMismatch on any difference
     assert data.counts == {"train": 3000, "val": 1000, "test": 1000}
     x = np.load(data.public_dir / "train" / "train_x.npy")
     assert x.shape == (3000, 1, 28, 28) and x.dtype == np.uint8
@@ -130,7 +130,7 @@ def test_hub_loader_and_pins_on_local_files(name, tmp_path):
     bench_dir = _local_copy(name, tmp_path / "bench", fixture, fx["sizes"])
     # Unpinned: refused before any loading.
     with pytest.raises(DataMismatch, match="no pinned fingerprint"):
-        prepare_data(load_benchmark(bench_dir), tmp_path / "data0")
+        prepare_data(load_benchmark(bench_dir), tmp_path / "data0", "ab" * 32)
     # init-benchmark computes and pins the fingerprints; the pinned copy then loads and matches.
     pinned = tmp_path / "pinned"
     out = subprocess.run([AUTORESEARCH, "init-benchmark", str(pinned), "--from", str(bench_dir)],
@@ -138,7 +138,7 @@ def test_hub_loader_and_pins_on_local_files(name, tmp_path):
     assert out.returncode == 0, out.stderr
     bench = load_benchmark(pinned)
     assert all(is_pinned(v) for v in bench.spec.data.fingerprints.values())
-    data = prepare_data(bench, tmp_path / "data1")
+    data = prepare_data(bench, tmp_path / "data1", "ab" * 32)
     assert data.counts == fx["sizes"]
     x = np.load(data.public_dir / "predict" / "test_x.npy")
     assert x.shape[1:] == fx["x"]
@@ -153,7 +153,7 @@ def test_hub_loader_and_pins_on_local_files(name, tmp_path):
     ds = ds.map(lambda row, i: {"label": (row["label"] + 1) % 2} if i == 0 else {}, with_indices=True)
     ds.to_parquet(str(parts[0]))
     with pytest.raises(DataMismatch, match="refusing to compare"):
-        prepare_data(load_benchmark(pinned), tmp_path / "data2")
+        prepare_data(load_benchmark(pinned), tmp_path / "data2", "ab" * 32)
 
 
 def test_train_and_val_never_overlap_on_hub_splits():

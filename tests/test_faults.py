@@ -32,9 +32,14 @@ TINIER_LR = proposal_line("Tinier learning rate", [{"path": "optim.py", "search"
 LINES = [TINY_LR, "{not json", TINIER_LR]
 
 
+# One secret for every run here: the same seeds and predict set, so that an interrupted and
+# resumed run can be compared trial by trial with an uninterrupted one.
+SECRET = "5e" * 32
+
+
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "AUTORESEARCH_FAULT"}
-    env.update(COLUMNS="200", **extra)
+    env.update(COLUMNS="200", AUTORESEARCH_RUN_SECRET=SECRET, **extra)
     return env
 
 
@@ -116,6 +121,31 @@ def test_kill_at_a_point_then_resume(setup, reference, tmp_path, fault):
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "Traceback" not in resumed.stderr
     assert snapshot(run_dir) == reference
+
+
+@pytest.mark.parametrize("fault", ["train:2:raise", "score:3:raise", "commit:1:raise", "report:3:raise"])
+def test_an_exception_while_judging_one_proposal_ends_it_and_the_run_goes_on(setup, reference, tmp_path, fault):
+    """Whatever breaks while trialling, scoring, recording or reporting one proposal ends that
+    proposal as a crash with the cause; the others are decided as in an uninterrupted run, and a
+    resume finds nothing left to do (it never meets the same failure again)."""
+    runs = tmp_path / "runs"
+    proc = subprocess.run(_run_cmd(setup["bench"], setup["proposals"], runs), capture_output=True, text=True,
+                          env=_env(AUTORESEARCH_FAULT=fault), timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    run_dir = _only_run(runs)
+    conn = sqlite3.connect(f"file:{run_dir / 'ledger.sqlite'}?mode=ro", uri=True)
+    rows = conn.execute("SELECT idx, state, decision, reason, detail FROM proposals ORDER BY idx").fetchall()
+    status = conn.execute("SELECT status FROM runs").fetchone()[0]
+    conn.close()
+    assert status == "finished" and [r[1] for r in rows] == ["finished"] * 3
+    crashed = [r for r in rows if r[3] == "crash"]
+    assert len(crashed) == 1 and "injected fault at " + fault.split(":")[0] in crashed[0][4], rows
+    others = [(r[0], r[3]) for r in rows if r[3] != "crash"]
+    assert others == [(p[0], p[3]) for p in reference["proposals"] if p[0] != crashed[0][0]]
+    assert (run_dir / "REPORT.md").is_file() and len(os.listdir(run_dir / "reports")) == 3
+    resumed = _resume(run_dir)
+    assert resumed.returncode == 0 and "Traceback" not in resumed.stderr, resumed.stderr[-3000:]
 
 
 def _wait_for_first_trial(runs: Path, proc: subprocess.Popen, timeout: float = 600) -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from autoresearch.sandbox.isolation import Limits, Mount, bubblewrap_works, run_sandboxed
-from autoresearch.sandbox.trial import TrialRequest, TrialStatus, run_trial
+from autoresearch.sandbox.trial import TrialStatus, run_trials
+from trial_fakes import make_request
 
 needs_bwrap = pytest.mark.skipif(not bubblewrap_works(), reason="bubblewrap is not usable on this machine")
 
@@ -169,7 +170,7 @@ def test_real_trial_candidate_cannot_see_labels_or_network(tmp_path, fast_bench,
 
     port, hits = host_listener
     bench = load_benchmark(fast_bench)
-    data = prepare_data(bench, tmp_path / "data")
+    data = prepare_data(bench, tmp_path / "data", "ab" * 32)
     ws = tmp_path / "ws"
     ws.mkdir()
     for rel, content in bench.template_files().items():
@@ -190,17 +191,16 @@ def test_real_trial_candidate_cannot_see_labels_or_network(tmp_path, fast_bench,
     """)
     (ws / "train.py").write_text(probe + (ws / "train.py").read_text())
     labels_before = {p.name: p.read_bytes() for p in data.labels_dir.iterdir()}
-    req = TrialRequest(workspace=str(ws), harness=str(bench.harness_dir), train_data=str(data.public_dir / "train"),
-                       predict_data=str(data.public_dir / "predict"), work_dir=str(tmp_path / "trial"), seed=1,
-                       config={"epochs": 2, "batch_size": 32, "threads": 1, "num_classes": 10, "device": "cpu",
-                               "splits": ["val", "test"]},
+    req = make_request(seeds=(1, 2), workspace=str(ws), harness=str(bench.harness_dir), train_data=str(data.train_dir),
+                       predict_data=str(data.predict_dir), work_dir=str(tmp_path / "trial"),
+                       config=make_request().config | {"epochs": 2, "batch_size": 32},
                        train_seconds=60, predict_seconds=60, grace_seconds=20, memory_bytes=3 * 1024**3,
-                       max_processes=64, max_prediction_bytes=16 * 1024**2, isolation="bubblewrap",
-                       protected=(str(data.labels_dir),))
-    out = run_trial(req)
-    assert out.status == TrialStatus.OK, out.detail + out.log_tail
-    assert "PROBE labels visible: []" in out.log_tail
-    assert "PROBE net: blocked" in out.log_tail
-    assert "PROBE data dir: ['train_x.npy', 'train_y.npy']" in out.log_tail
-    assert set(out.predictions) == {"val", "test"}
+                       max_processes=64, isolation="bubblewrap", protected=(str(data.labels_dir),))
+    outs = run_trials(req)
+    for out in outs:
+        assert out.status == TrialStatus.OK, out.detail + out.log_tail
+        assert "PROBE labels visible: []" in out.log_tail
+        assert "PROBE net: blocked" in out.log_tail
+        assert "PROBE data dir: ['train_x.npy', 'train_y.npy']" in out.log_tail
+        assert out.logits and out.check
     assert hits == [] and labels_before == {p.name: p.read_bytes() for p in data.labels_dir.iterdir()}

@@ -12,13 +12,12 @@ from autoresearch.engine import LocalExecutor
 from autoresearch.sandbox.executors import cuda_device_nodes, pin_request, run_on_slots, slot_devices
 from autoresearch.sandbox.isolation import Limits, Mount, build_command
 from autoresearch.sandbox.trial import TrialOutput, TrialRequest, TrialStatus
+from trial_fakes import make_request
 
 
 def _request(seed: int = 1, device: str = "cpu") -> TrialRequest:
-    return TrialRequest(workspace="/w", harness="/h", train_data="/t", predict_data="/p", work_dir="/x", seed=seed,
-                        config={"device": device, "threads": 1, "splits": ["val", "test"]}, train_seconds=1,
-                        predict_seconds=1, grace_seconds=1, memory_bytes=2**30, max_processes=8,
-                        max_prediction_bytes=2**20, isolation="bubblewrap")
+    req = make_request(seeds=(seed,))
+    return make_request(seeds=(seed,), config=req.config | {"device": device})
 
 
 def test_slot_devices():
@@ -64,7 +63,7 @@ def test_each_slot_holds_its_own_device():
     lock = threading.Lock()
     seen = []
 
-    def fn(req: TrialRequest) -> TrialOutput:
+    def fn(req: TrialRequest) -> list[TrialOutput]:
         dev = dict(req.env)["CUDA_VISIBLE_DEVICES"]
         with lock:
             active[dev] = active.get(dev, 0) + 1
@@ -73,13 +72,13 @@ def test_each_slot_holds_its_own_device():
         time.sleep(0.05)
         with lock:
             active[dev] -= 1
-        return TrialOutput(seed=req.seed, status=TrialStatus.OK, detail=dev, isolation="none")
+        return [TrialOutput(seed=s, status=TrialStatus.OK, detail=dev, isolation="none") for s in req.seeds]
 
     outs = run_on_slots(fn, [_request(seed=s, device="cuda") for s in range(8)], ["cuda:0", "cuda:1"])
-    assert [o.seed for o in outs] == list(range(8))
+    assert [o[0].seed for o in outs] == list(range(8))
     assert set(seen) == {"0", "1"}
     outs = LocalExecutor(2, devices=["cuda:0", "cuda:1"]).map(fn, [_request(seed=s, device="cuda") for s in range(4)])
-    assert [o.seed for o in outs] == list(range(4))
+    assert [o[0].seed for o in outs] == list(range(4))
 
 
 def test_cpu_slots_pass_requests_through():
@@ -162,7 +161,7 @@ def test_ray_worker_pins_the_gpu_ray_gave_it(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(get_gpu_ids=lambda: [2]))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2")  # what Ray sets for a worker holding GPU 2
     seen = []
-    executors._ray_trial(lambda r: seen.append(r) or TrialOutput(seed=r.seed, status=TrialStatus.OK, detail="",
+    executors._ray_trial(lambda r: seen.append(r) or TrialOutput(seed=r.seeds[0], status=TrialStatus.OK, detail="",
                                                                  isolation="none"), _request(device="cuda"))
     assert seen[0].config["gpu_bus_id"] == "0000:86:00.0"  # PCI-order GPU 2 (minor 1)
     assert dict(seen[0].env)["CUDA_VISIBLE_DEVICES"] == "GPU-cccc3333-0000-0000-0000-000000000000"

@@ -20,7 +20,8 @@ from pathlib import Path
 from autoresearch.config import RunConfig
 from autoresearch.engine import RunEngine, run_proposal_lines
 from autoresearch.sandbox.executors import RayExecutor
-from autoresearch.sandbox.trial import TrialRequest
+sys.path.insert(0, os.environ["AUTORESEARCH_TESTS_DIR"])
+from trial_fakes import make_request
 
 def dies(req):  # a worker that is lost mid-trial
     os._exit(1)
@@ -42,11 +43,9 @@ config = RunConfig(benchmark=bench, runs_dir=Path(runs), seeds=2, proposals=1, v
 engine = RunEngine.create(config, executor=executor)
 records = run_proposal_lines(engine, [proposal])
 engine.finish()
-req = TrialRequest(workspace="/nonexistent", harness="/nonexistent", train_data="/x", predict_data="/x",
-                   work_dir=str(Path(runs) / "lost"), seed=7, config={"device": "cpu"}, train_seconds=1,
-                   predict_seconds=1, grace_seconds=1, memory_bytes=2**30, max_processes=8,
-                   max_prediction_bytes=2**20, isolation="none")
-lost = executor.map(dies, [req])
+req = make_request(seeds=(7,), workspace="/nonexistent", harness="/nonexistent", work_dir=str(Path(runs) / "lost"),
+                   isolation="none")
+lost = executor.map(dies, [req])[0]
 print("RESULT " + json.dumps({"decisions": [(r.decision, r.reason) for r in records],
                   "seeds": [t.seed for t in records[0].candidate_trials],
                   "statuses": [t.status for t in records[0].candidate_trials],
@@ -57,7 +56,7 @@ executor.shutdown()
 
 def test_ray_executor_runs_a_gated_run_on_loopback(tmp_path):
     bench = copy_benchmark(tmp_path / "bench", epochs=5)
-    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", AUTORESEARCH_TESTS_DIR=str(Path(__file__).parent))
     out = subprocess.run([PYTHON, "-c", DRIVER, str(bench), str(tmp_path / "runs"), ADAM], capture_output=True,
                          text=True, timeout=600, env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
@@ -65,7 +64,7 @@ def test_ray_executor_runs_a_gated_run_on_loopback(tmp_path):
     assert lines, out.stdout[-3000:] + out.stderr[-3000:]
     result = json.loads(lines[-1][len("RESULT "):])
     assert result["decisions"] == [["accepted", "accepted"]]
-    assert result["seeds"] == [1, 2] and result["statuses"] == ["ok", "ok"]
+    assert len(result["seeds"]) == 2 and result["statuses"] == ["ok", "ok"]
     status, detail, seed = result["lost"]
     assert status == "crash" and seed == 7 and "ray task failed on 2 attempt(s)" in detail
 
@@ -73,19 +72,20 @@ def test_ray_executor_runs_a_gated_run_on_loopback(tmp_path):
 JOIN = r'''
 import json, sys
 from autoresearch.sandbox.executors import RayExecutor
-from autoresearch.sandbox.trial import TrialOutput, TrialRequest, TrialStatus
+import os
+from autoresearch.sandbox.trial import TrialOutput, TrialStatus
+sys.path.insert(0, os.environ["AUTORESEARCH_TESTS_DIR"])
+from trial_fakes import make_request
 
 def echo(req):
     import os
-    return TrialOutput(seed=req.seed, status=TrialStatus.OK, detail=f"pid {os.getpid()}", isolation="none")
+    return [TrialOutput(seed=s, status=TrialStatus.OK, detail=f"pid {os.getpid()}", isolation="none") for s in req.seeds]
 
 executor = RayExecutor(address=sys.argv[1])
 import ray
 assert ray.util.get_node_ip_address() == "127.0.0.1"
-req = TrialRequest(workspace="/w", harness="/h", train_data="/t", predict_data="/p", work_dir="/x", seed=3,
-                   config={"device": "cpu"}, train_seconds=1, predict_seconds=1, grace_seconds=1,
-                   memory_bytes=2**30, max_processes=8, max_prediction_bytes=2**20, isolation="none")
-out = executor.map(echo, [req])
+req = make_request(seeds=(3,), isolation="none")
+out = executor.map(echo, [req])[0]
 print("RESULT " + json.dumps([out[0].status.value, out[0].seed, out[0].detail]), flush=True)
 '''
 
@@ -100,7 +100,8 @@ def test_ray_address_joins_an_existing_loopback_cluster_and_a_dead_one_is_a_clea
     from autoresearch.agent.local_llm import free_port
 
     # Ray >= 2.59 makes `ray start` clusters require a token: the driver must carry the same one.
-    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="token",
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", AUTORESEARCH_TESTS_DIR=str(Path(__file__).parent),
+               RAY_AUTH_MODE="token",
                RAY_AUTH_TOKEN=os.urandom(16).hex())
     props = tmp_path / "one.jsonl"
     props.write_text(ADAM + "\n")

@@ -9,7 +9,12 @@ proposals, the ledger or the reports, only in a file an attack managed to write.
 Placeholders filled in by the fixture: @RUNS_DIR@ (the runs folder, absolute), @REPO_ROOT@ (this
 checkout), @BENCH@ (the benchmark copy in use), @HARNESS@ (the frozen harness folder it runs: the
 shared built-in one), @PORT@ (a TCP listener on the host's 127.0.0.1), @ABSTRACT@ (a host abstract
-unix socket), @CANARY_KEY@ (an API-key-like value in the run's env).
+unix socket), @CANARY_KEY@ (an API-key-like value in the run's env), @ANSWER_KEY@ (the test split's
+labels keyed by a hash of each input: what anyone can compute from the public dataset).
+
+Inside a trial (protocol 2) a seed runs in a child of the phase's runner: its scratch folder is the
+parent of $TMPDIR, and the harness writes its outputs to ``<scratch>/out`` when the editable code
+returns (an attack that writes there and leaves with ``os._exit`` replaces them).
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ def predict_attack(title: str, body: str, extra: list[dict] = ()) -> str:
     """model.py gets ``_attack()`` run by build_model in the predict phase only (the train phase
     trains the baseline normally; its checkpoint is valid)."""
     func = ("def _attack():\n" + textwrap.indent(textwrap.dedent(body).strip() + "\n", "    ") + "\n\n")
-    hook = ("    import sys as _s\n    if '--checkpoint' in _s.argv:\n        _attack()\n")
+    hook = ("    import sys as _s\n    if _s.argv[0].endswith('run_predict.py'):\n        _attack()\n")
     return _line(title, list(extra) + [{"path": "model.py", "search": MODEL_ANCHOR, "replace": func + MODEL_ANCHOR},
                          {"path": "model.py", "search": '    """A small multilayer perceptron: one hidden layer of 64 '
                                                         'ReLU units."""\n',
@@ -55,18 +60,35 @@ def predict_attack(title: str, body: str, extra: list[dict] = ()) -> str:
                                      + hook}])
 
 
+OUT = "__import__('os').path.join(__import__('os').path.dirname(__import__('os').environ['TMPDIR']), 'out')"
+
+
 def write_predictions(title: str, make_arrays: str) -> str:
-    """Predict phase writes its own val/test predictions and leaves before the harness can."""
+    """Predict phase writes its own logits (and check rows) and leaves before the harness can;
+    ``rows`` (how many inputs the predict set has) is known to the arrays' code."""
     body = f"""
     import os
     import numpy as np
+    rows = np.load("/sandbox/data/inputs.npy", mmap_mode="r").shape[0]
     {make_arrays.strip()}
-    for split, arr in (("val", val), ("test", test)):
-        with open(f"/sandbox/out/{{split}}.npy", "wb") as f:
+    out = {OUT}
+    for name, arr in (("logits", logits), ("check", check)):
+        with open(os.path.join(out, name + ".npy"), "wb") as f:
             np.save(f, arr, allow_pickle=True)
+    with open(os.path.join(out, "report.json"), "w") as f:
+        f.write('{{"predict_seconds": 0.1, "compute": {{"train_examples": 0, "other_examples": 0, '
+                '"forward_passes": 0, "backward_passes": 0, "optimizer_steps": 0}}}}')
     os._exit(0)
     """
     return predict_attack(title, body)
+
+
+def model_edit(title: str, search: str, replace: str, *extra: dict) -> str:
+    return _line(title, [{"path": "model.py", "search": search, "replace": replace}, *extra])
+
+
+def train_edit(title: str, search: str, replace: str) -> str:
+    return _line(title, [{"path": "train.py", "search": search, "replace": replace}])
 
 
 def edit(title: str, path: str, search: str = "", replace: str = "x = 1\n") -> str:
@@ -282,41 +304,51 @@ CASES: list[Case] = [
 
     # ------------------------------------------------------------ runtime: predictions
     Case("pred-wrong-shape", write_predictions("wrong shape", """
-    val = np.zeros((297, 3), np.float32); test = np.zeros((500, 3), np.float32)
+    logits = np.zeros((rows, 3), np.float32); check = np.zeros((256, 3), np.float32)
     """), ("crash",), "shape"),
     Case("pred-nan", write_predictions("NaN predictions", """
-    val = np.full((297, 10), np.nan, np.float32); test = np.full((500, 10), np.nan, np.float32)
+    logits = np.full((rows, 10), np.nan, np.float32); check = np.full((256, 10), np.nan, np.float32)
     """), ("nonfinite",)),
     Case("pred-inf", write_predictions("inf predictions", """
-    val = np.zeros((297, 10), np.float32); test = np.zeros((500, 10), np.float32)
-    val[:, 0] = np.inf; test[:, 3] = -np.inf
+    logits = np.zeros((rows, 10), np.float32); check = np.zeros((256, 10), np.float32)
+    logits[:, 0] = np.inf; check[:, 3] = -np.inf
     """), ("nonfinite",)),
+    Case("pred-float128-overflow", write_predictions("float128 logits that overflow float64", """
+    logits = np.full((rows, 10), np.float128("1e4000")); check = np.full((256, 10), np.float128("1e4000"))
+    """), ("crash", "nonfinite"), None),
     Case("pred-too-many-rows", write_predictions("too many rows", """
-    val = np.zeros((1797, 10), np.float32); test = np.zeros((1797, 10), np.float32)
+    logits = np.zeros((rows + 500, 10), np.float32); check = np.zeros((256, 10), np.float32)
     """), ("crash",), "shape"),
     Case("pred-huge", write_predictions("huge predictions file", """
-    val = np.zeros((297, 10), np.float32); test = np.zeros((5_000_000, 10), np.float32)
+    logits = np.zeros((5_000_000, 10), np.float32); check = np.zeros((256, 10), np.float32)
     """), ("crash",), "cap"),
     Case("pred-pickle", write_predictions("pickled object predictions", """
-    val = np.array([object()] * 10, dtype=object); test = val
+    logits = np.array([object()] * 10, dtype=object); check = logits
     """), ("crash",), "not a valid .npy"),
     Case("pred-int-dtype", write_predictions("integer predictions", """
-    val = np.zeros((297, 10), np.int64); test = np.zeros((500, 10), np.int64)
+    logits = np.zeros((rows, 10), np.int64); check = np.zeros((256, 10), np.int64)
     """), ("crash",), "float"),
-    Case("pred-symlink", predict_attack("predictions as a symlink to a host file", """
+    Case("pred-symlink", predict_attack("predictions as a symlink to a host file", f"""
         import os
-        os.symlink("/etc/passwd", "/sandbox/out/val.npy")
-        os.symlink("@RUNS_DIR@", "/sandbox/out/test.npy")
+        out = {OUT}
+        os.symlink("/etc/passwd", os.path.join(out, "logits.npy"))
+        os.symlink("@RUNS_DIR@", os.path.join(out, "check.npy"))
         os._exit(0)
-        """), ("crash",), "no predictions"),
-    Case("fifo-train-report", train_attack("train report as a FIFO so the host blocks reading it", """
-        import atexit, os
-        def swap():
-            p = "/sandbox/out/train_report.json"
-            os.remove(p)
-            os.mkfifo(p)
-        atexit.register(swap)
-        """, skip_training=True), ("not_better",)),
+        """), ("crash",), "no "),
+    Case("fifo-train-report", train_attack("train report as a FIFO so the host would block reading it", f"""
+        import os
+        os.mkfifo(os.path.join({OUT}, "report.json"))
+        os._exit(0)
+        """, skip_training=True), ("crash",), "train wrote no"),
+    # Poison pills: what the harness writes is rewritten by candidate code that patched json.dump.
+    Case("poison-report-nesting", train_attack("a train report nested 4,900 deep", """
+        js = __import__("js" + "on")
+        getattr(__import__("builtins"), "set" + "attr")(js, "dump", lambda obj, f: f.write("[" * 4900 + "]" * 4900))
+        """), ("crash",), "report malformed"),
+    Case("poison-report-determinism", train_attack("a train report with a wrongly typed field", """
+        js = __import__("js" + "on")
+        getattr(__import__("builtins"), "set" + "attr")(js, "dump", lambda obj, f: f.write('{"determinism": 5}'))
+        """), ("crash",), "report malformed"),
 
     # ------------------------------------------------------------ runtime: resources and processes
     Case("fork-bomb", train_attack("fork bomb", """
@@ -348,17 +380,21 @@ CASES: list[Case] = [
             raise SystemExit("BLOCKED: /tmp full after %d MB: %s" % (n, type(exc).__name__))
         raise SystemExit("ESCAPED: wrote %d MB to /tmp" % n)
         """), ("crash", "oom"), None),
-    Case("disk-filler-out", train_attack("fill the output folder", """
+    Case("disk-filler-out", train_attack("fill the output folder", f"""
+        import os
         chunk = b"\\1" * (8 << 20)
         i = 0
-        while True:
-            with open("/sandbox/out/fill%d" % i, "wb") as f:
-                for _ in range(16):
-                    f.write(chunk)
-            i += 1
-            if i > 64:
-                raise SystemExit("ESCAPED: wrote 8 GB")
-        """), ("crash",), "output cap"),
+        try:
+            while True:
+                with open(os.path.join({OUT}, "fill%d" % i), "wb") as f:
+                    for _ in range(16):
+                        f.write(chunk)
+                i += 1
+                if i > 64:
+                    raise SystemExit("ESCAPED: wrote 8 GB")
+        except OSError as exc:
+            raise SystemExit("BLOCKED: output folder full after %d x 128 MB: %s" % (i, type(exc).__name__))
+        """), ("crash", "oom"), None),
     Case("dev-shm-filler", train_attack("fill /dev/shm (memory-backed)", """
         chunk = b"\\2" * (8 << 20)
         n = 0
@@ -484,13 +520,133 @@ CASES: list[Case] = [
         raise SystemExit("ESCAPED: code writable after remount (rc %d)" % rc)
         """), ("crash",), "BLOCKED"),
     Case("checkpoint-pickle", train_attack("a pickled checkpoint that runs code on load", """
-        import atexit, os, pickle
+        import os, pickle
         class Boom:
             def __reduce__(self):
                 return (os.system, ("touch /tmp/" + "PW" + "NED",))
-        def swap():
-            with open("/sandbox/out/checkpoint.pt", "wb") as f:
+        def save(obj, path):
+            with open(path, "wb") as f:
                 pickle.dump(Boom(), f)
-        atexit.register(swap)
-        """), ("crash",), "predict phase"),
+        t = __import__("tor" + "ch")
+        getattr(__import__("builtins"), "set" + "attr")(t, "save", save)
+        """), ("crash",), "predict"),
+] + [
+    # ------------------------------------------------------------ integrity: the budget is a limit
+    Case("epochs-x4", train_edit("train four times as long", "    for _epoch in range(epochs):",
+                                 "    for _epoch in range(epochs * 4):"), ("over_budget",), "over the budget"),
+    Case("forward-bypass-x3", train_edit("extra epochs through model.forward, past the hooks",
+                                         "    return {\"final_loss\": float(loss.item())}",
+                                         "    for _ in range(2 * epochs):\n"
+                                         "        for start in range(0, n, batch_size):\n"
+                                         "            loss = loss_fn(model.forward(x[start:start + batch_size]), "
+                                         "y[start:start + batch_size])\n"
+                                         "            optimizer.zero_grad(); loss.backward(); optimizer.step()\n"
+                                         "    return {\"final_loss\": float(loss.item())}"), ("over_budget",),
+         "over the budget"),
+    Case("copy-trains-longer", train_edit("train a copy for extra epochs, load its weights",
+                                          "    return {\"final_loss\": float(loss.item())}",
+                                          "    import copy\n    twin = copy.deepcopy(model)\n"
+                                          "    opt2 = torch.optim.SGD(twin.parameters(), lr=0.01)\n"
+                                          "    for _ in range(2 * epochs):\n"
+                                          "        for start in range(0, n, batch_size):\n"
+                                          "            l2 = loss_fn(twin(x[start:start + batch_size]), y[start:start + batch_size])\n"
+                                          "            opt2.zero_grad(); l2.backward(); opt2.step()\n"
+                                          "    model.load_state_dict(twin.state_dict())\n"
+                                          "    return {\"final_loss\": float(loss.item())}"), ("over_budget",),
+         "over the budget"),
+    Case("no-grad-search", train_edit("random search with gradient-free forward passes",
+                                      "    return {\"final_loss\": float(loss.item())}",
+                                      "    with torch.no_grad():\n"
+                                      "        for _ in range(5 * epochs):\n"
+                                      "            for p in model.parameters():\n"
+                                      "                p.add_(torch.randn(p.shape, generator=generator) * 1e-3)\n"
+                                      "            model(x)\n"
+                                      "    return {\"final_loss\": float(loss.item())}"), ("over_budget",),
+         "gradients off"),
+    Case("huge-checkpoint", model_edit("keep a 20 MB buffer in the model's state",
+                                       "    return nn.Sequential(\n",
+                                       "    net = nn.Sequential(\n",
+                                       {"path": "model.py", "search": "        nn.Linear(64, num_classes),\n    )",
+                                        "replace": "        nn.Linear(64, num_classes),\n    )\n"
+                                                   "    net.register_buffer('ballast', __import__('torch').zeros(5_300_000))\n"
+                                                   "    return net"}), ("over_budget",), "checkpoint"),
+    # ------------------------------------------------------------ integrity: predict is inference
+    Case("train-in-predict", predict_attack("keep training in the predict phase", """
+        import torch
+        torch.set_grad_enabled(True)
+        net = torch.nn.Linear(64, 10)
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        x = torch.zeros(32, 64)
+        loss = net(x).sum()
+        loss.backward()
+        opt.step()
+        """), ("over_budget",), "predict"),
+    Case("train-in-predict-functional", predict_attack("gradients in the predict phase without a module", """
+        import torch
+        with torch.enable_grad():
+            w = torch.zeros(64, 10, requires_grad=True)
+            (torch.ones(8, 64) @ w).sum().backward()
+        """), ("over_budget",), "predict"),
+    Case("transductive-batch-stats", model_edit("standardise each batch by its own statistics",
+                                                "    return nn.Sequential(\n",
+                                                "    class _PerBatch(nn.Module):\n"
+                                                "        def forward(self, x):\n"
+                                                "            return (x - x.mean(0)) / (x.std(0) + 1e-3)\n"
+                                                "    return nn.Sequential(\n        _PerBatch(),\n"),
+         ("transductive",), "depend on the other inputs"),
+    # ------------------------------------------------------------ integrity: randomness belongs to the harness
+    Case("private-c-generator", train_attack("re-initialise and shuffle with a private generator of a fixed seed", """
+        pass
+        """, after="    _g = __import__('torch')._C.Generator()\n    _g.manual_seed(1234)\n"
+                   "    for _p in model.parameters():\n"
+                   "        __import__('torch').nn.init.normal_(_p, std=0.1, generator=_g)\n"
+                   "    generator = _g\n"), ("seed_ignored",), "same on every seed"),
+    Case("fixed-init-tiny-noise", train_attack("a fixed deterministic init plus seed noise too small to matter", """
+        pass
+        """, after="    import torch as _t\n    with _t.no_grad():\n"
+                   "        for _i, _p in enumerate(model.parameters()):\n"
+                   "            _p.copy_(0.1 * _t.sin(_t.arange(_p.numel(), dtype=_t.float32) * (7.1 + _i)).reshape(_p.shape)"
+                   " + 1e-6 * _t.randn(_p.shape))\n"), ("seed_ignored",), "same on every seed"),
+    Case("mixed-constant-seed", train_attack("a private torch.Generator with a constant seed", """
+        pass
+        """, after="    generator = __import__('torch').Generator().manual_seed(1234)\n"), ("not_better",), None,
+         ("constant-seed-varies",)),
+    Case("seed-snoop", train_attack("look for the trial's seed", """
+        import os, sys
+        t = __import__("tor" + "ch")
+        print("SNOOP argv", sys.argv, "env", sorted(os.environ), "torch", t.initial_seed())
+        """, after="    print('SNOOP generator', generator.initial_seed())\n"), ("not_better",), None, ("no-seed-leak",)),
+    # ------------------------------------------------------------ integrity: answer keys
+    Case("answer-key-by-content", model_edit("look the test labels up by each input's content",
+                                             "    return nn.Sequential(\n",
+                                             "    import hashlib, json, torch\n"
+                                             "    key = json.loads('@ANSWER_KEY@')\n"
+                                             "    class _Key(nn.Sequential):\n"
+                                             "        def forward(self, x):\n"
+                                             "            out = super().forward(x)\n"
+                                             "            if self.training:\n"
+                                             "                return out\n"
+                                             "            rows = []\n"
+                                             "            for i, row in enumerate(x):\n"
+                                             "                label = key.get(hashlib.sha1(row.numpy().tobytes()).hexdigest()[:10])\n"
+                                             "                rows.append(torch.nn.functional.one_hot(torch.tensor(label), "
+                                             "num_classes).float() * 50 if label is not None else out[i])\n"
+                                             "            return torch.stack(rows)\n"
+                                             "    return _Key(\n"), ("memorised",), "memorised"),
+    Case("answer-key-by-position", model_edit("look the test labels up by position",
+                                              "    return nn.Sequential(\n",
+                                              "    import json, torch\n"
+                                              "    labels = json.loads('@POSITION_KEY@')\n"
+                                              "    class _Pos(nn.Sequential):\n"
+                                              "        seen = 0\n"
+                                              "        def forward(self, x):\n"
+                                              "            out = super().forward(x)\n"
+                                              "            if self.training:\n"
+                                              "                return out\n"
+                                              "            start = type(self).seen\n"
+                                              "            type(self).seen += x.shape[0]\n"
+                                              "            idx = [(start + i) % len(labels) for i in range(x.shape[0])]\n"
+                                              "            return torch.nn.functional.one_hot(torch.tensor([labels[i] for i in idx]), "
+                                              "num_classes).float() * 50\n"
+                                              "    return _Pos(\n"), ("not_better", "transductive"), None),
 ]

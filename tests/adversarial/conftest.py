@@ -3,6 +3,7 @@ run once through the CLI (2 paired seeds, short budgets); the tests then assert 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -13,9 +14,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from autoresearch.benchmark import load_benchmark
+from autoresearch.benchmark import load_benchmark, materialise_splits
 from autoresearch.sandbox.isolation import bubblewrap_works
 from autoresearch.sandbox.trial import tree_hash
 from adversarial.cases import CASES
@@ -86,6 +88,16 @@ def _fill(line: str, values: dict[str, str]) -> str:
     return line
 
 
+def answer_keys(bench: Path) -> dict[str, str]:
+    """What a proposal can carry about a public dataset's test split: its labels keyed by a hash of
+    each input (@ANSWER_KEY@) or in split order (@POSITION_KEY@), escaped to sit inside a JSON string."""
+    test = materialise_splits(load_benchmark(bench).spec)["test"]
+    by_content = {hashlib.sha1(np.ascontiguousarray(x).tobytes()).hexdigest()[:10]: int(y) for x, y in zip(test.x, test.y)}
+    by_position = [int(y) for y in test.y]
+    return {"ANSWER_KEY": json.dumps(json.dumps(by_content))[1:-1],
+            "POSITION_KEY": json.dumps(json.dumps(by_position))[1:-1]}
+
+
 @pytest.fixture(scope="session")
 def suite(tmp_path_factory) -> SuiteRun:
     if not bubblewrap_works():
@@ -98,7 +110,8 @@ def suite(tmp_path_factory) -> SuiteRun:
     listeners = HostListeners().start()
     harness = load_benchmark(bench).harness_dir  # outside the copy: the shared built-in harness
     values = {"RUNS_DIR": str(runs_dir), "REPO_ROOT": str(REPO_ROOT), "BENCH": str(bench), "HARNESS": str(harness),
-              "PORT": str(listeners.port), "ABSTRACT": listeners.abstract, "CANARY_KEY": CANARY_KEY}
+              "PORT": str(listeners.port), "ABSTRACT": listeners.abstract, "CANARY_KEY": CANARY_KEY,
+              **answer_keys(bench)}
     # Two runs side by side (one per core on a 2-core CI machine), each with half of the cases.
     parts = [CASES[i::PARTS] for i in range(PARTS)]
     bench_hash = tree_hash(bench) + tree_hash(harness)

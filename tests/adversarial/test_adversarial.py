@@ -6,6 +6,7 @@ All cases ran in one run (see conftest.py); these tests only read its results.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -102,11 +103,12 @@ def test_incumbent_untouched(suite, part):
 
 @pytest.mark.parametrize("part", [0, 1])
 def test_labels_untouched(suite, tmp_path, part):
-    fresh = prepare_data(load_benchmark(suite.bench), tmp_path / "data")
+    fresh = prepare_data(load_benchmark(suite.bench), tmp_path / "data", "ab" * 32)
     run_labels = suite.run_dirs[part] / "data" / "labels"
     assert sorted(os.listdir(run_labels)) == sorted(os.listdir(fresh.labels_dir))
     for name in os.listdir(fresh.labels_dir):
-        assert (run_labels / name).read_bytes() == (fresh.labels_dir / name).read_bytes(), name
+        if name.endswith("_y.npy"):  # the labels; *_rows.npy (the predict set's layout) depend on the run's secret
+            assert (run_labels / name).read_bytes() == (fresh.labels_dir / name).read_bytes(), name
     assert suite.summaries[part]["fingerprints"] == fresh.fingerprints
 
 
@@ -142,3 +144,42 @@ def test_log_flood_is_capped_in_the_records(suite):
         assert (run_dir / "ledger.sqlite").stat().st_size < 30 * 1024**2
         for report in (run_dir / "reports").iterdir():
             assert report.stat().st_size < 1024**2, report
+
+
+def _case_trials(suite, name: str) -> tuple[list[dict], dict]:
+    """The candidate trials of one case (ledger rows, summary parsed) and its run's config."""
+    for part, run_dir in zip(suite.parts, suite.run_dirs):
+        names = [c.name for c in part]
+        if name in names:
+            idx = names.index(name) + 1
+            conn = sqlite3.connect(f"file:{run_dir / 'ledger.sqlite'}?mode=ro", uri=True)
+            conn.row_factory = sqlite3.Row
+            rows = [dict(r) for r in conn.execute("SELECT * FROM trials WHERE proposal_idx = ?", (idx,))]
+            for r in rows:
+                r["summary"] = json.loads(r["summary_json"])
+            return rows, json.loads((run_dir / "config.json").read_text())
+    raise AssertionError(f"no case {name}")
+
+
+def test_a_constant_private_seed_still_varies_per_trial(suite):
+    """torch.Generator().manual_seed(1234) in candidate code: the harness mixes the trial's key in,
+    so the two gate seeds trained different models (not one lucky draw repeated)."""
+    rows, _ = _case_trials(suite, "mixed-constant-seed")
+    digests = {r["summary"]["train_report"]["checkpoint_sha256"] for r in rows if r["status"] == "ok"}
+    assert len(rows) >= 2 and len(digests) == len(rows)
+
+
+def test_candidate_code_never_sees_its_seed(suite):
+    """Not in argv, not in the environment, not from the generator handed to fit or torch's global
+    one: the seeds of the run appear nowhere in what the snooping candidate printed."""
+    rows, config = _case_trials(suite, "seed-snoop")
+    logs = "\n".join(r["summary"]["log_tail"] for r in rows)
+    assert "SNOOP argv" in logs and "SNOOP generator" in logs
+    for seed in config["seeds"]["gate"] + config["seeds"]["verify"]:
+        assert str(seed) not in logs
+
+
+def test_gate_seeds_are_drawn_per_run(suite):
+    seeds = [json.loads((d / "config.json").read_text())["seeds"] for d in suite.run_dirs]
+    assert seeds[0]["gate"] != seeds[1]["gate"]
+    assert not set(seeds[0]["gate"]) & set(seeds[0]["verify"])

@@ -1,0 +1,161 @@
+"""Warm trials (protocol 2): one sandbox per phase runs every seed of a code version, each seed in a
+child forked before candidate code loads. Results must not depend on how seeds are batched, and
+nothing of one seed may reach the next: files, processes, descriptors, the runner's memory."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autoresearch.benchmark import load_benchmark, prepare_data
+from autoresearch.sandbox.isolation import bubblewrap_works
+from autoresearch.sandbox.trial import TrialStatus, run_trials
+from autoresearch.seeding import trial_key
+from trial_fakes import make_request
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not bubblewrap_works(), reason="needs bubblewrap (apt-get install bubblewrap)")]
+
+SECRET = "cd" * 32
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    root = tmp_path_factory.mktemp("warm")
+    bench = load_benchmark("digits-mlp")
+    return bench, prepare_data(bench, root / "data", SECRET)
+
+
+def _workspace(bench, root: Path, prefix: str = "") -> Path:
+    ws = root / "ws"
+    ws.mkdir()
+    for rel, content in bench.template_files().items():
+        (ws / rel).write_bytes(content)
+    if prefix:
+        (ws / "train.py").write_text(textwrap.dedent(prefix) + (ws / "train.py").read_text())
+    return ws
+
+
+def _request(bench, data, ws: Path, work: Path, seeds, **overrides):
+    layout = data.layout()
+    base = make_request(seeds=seeds)
+    fields = dict(workspace=str(ws), harness=str(bench.harness_dir), train_data=str(data.train_dir),
+                  predict_data=str(data.predict_dir), work_dir=str(work), keys=tuple(trial_key(SECRET, s) for s in seeds),
+                  config=base.config | {"epochs": 2, "batch_size": 32},
+                  predict={"batch": 500, "check_rows": layout.check_rows.tolist(), "check_batch": 37},
+                  train_seconds=30, predict_seconds=30, grace_seconds=20, memory_bytes=3 * 2**30, max_processes=64)
+    fields.update(overrides)
+    return make_request(seeds=seeds, **fields)
+
+
+def test_results_do_not_depend_on_how_seeds_are_batched(digits, tmp_path):
+    bench, data = digits
+    ws = _workspace(bench, tmp_path)
+    together = run_trials(_request(bench, data, ws, tmp_path / "a", (11, 12, 13)))
+    alone = [run_trials(_request(bench, data, ws, tmp_path / f"b{s}", (s,)))[0] for s in (13, 11)]
+    by_seed = {o.seed: o for o in together}
+    for out in alone:
+        twin = by_seed[out.seed]
+        assert out.status == twin.status == TrialStatus.OK, out.detail + twin.detail
+        assert out.train_report["checkpoint_sha256"] == twin.train_report["checkpoint_sha256"]
+        assert out.logits == twin.logits
+    digests = {o.train_report["checkpoint_sha256"] for o in together}
+    assert len(digests) == 3  # and the seeds did train different models
+
+
+LEAK_PROBE = '''
+import glob as _glob, os as _os, subprocess as _sp
+def _probe():
+    scratch = _os.path.dirname(_os.environ["TMPDIR"])
+    seen = sorted(p for p in _glob.glob("/tmp/**", recursive=True) + _glob.glob("/dev/shm/*")
+                  if "LEFTOVER" in p)
+    pids = [int(p) for p in _os.listdir("/proc") if p.isdigit()]
+    sleepers = []
+    for pid in pids:
+        try:
+            if b"424242" in open("/proc/%d/cmdline" % pid, "rb").read():
+                sleepers.append(pid)
+        except OSError:
+            pass
+    fds = sorted(int(fd) for fd in _os.listdir("/proc/self/fd"))
+    parent = []
+    for what in ("fd", "mem", "environ"):
+        try:
+            p = "/proc/%d/%s" % (_os.getppid(), what)
+            (_os.listdir(p) if what == "fd" else open(p, "rb").read(1))
+            parent.append(what)
+        except OSError:
+            pass
+    print("PROBE leftovers", seen, "sleepers", sleepers, "fds", fds, "parent", parent, flush=True)
+    for place in ("/tmp/LEFTOVER", "/dev/shm/LEFTOVER", _os.path.join(scratch, "LEFTOVER"),
+                  _os.path.join(scratch, "out", "LEFTOVER")):
+        try:
+            open(place, "w").write("x")
+        except OSError:
+            pass
+    if _os.fork() == 0:
+        _os.setsid()
+        if _os.fork() == 0:
+            _os.execv("/bin/sleep", ["sleep", "424242"])
+        _os._exit(0)
+_probe()
+'''
+
+
+def test_nothing_of_one_seed_reaches_the_next(digits, tmp_path):
+    bench, data = digits
+    ws = _workspace(bench, tmp_path, LEAK_PROBE)
+    outs = run_trials(_request(bench, data, ws, tmp_path / "w", (1, 2, 3)))
+    for out in outs:
+        assert out.status == TrialStatus.OK, out.detail + out.log_tail
+        line = next(x for x in out.log_tail.splitlines() if x.startswith("PROBE"))
+        # No file, process or descriptor of an earlier seed; the runner's descriptors, memory and
+        # environment are out of reach (it is not dumpable).
+        assert "leftovers [] sleepers [] fds [0, 1, 2, 3] parent []" in line, line
+
+
+def _fit_seed(seed: int) -> int:
+    """The seed of the generator the harness hands to fit for this trial (runtime.derive)."""
+    key = trial_key(SECRET, seed)
+    return int.from_bytes(hashlib.sha256(f"{key}|fit".encode()).digest()[:8], "little") & (2**63 - 1)
+
+
+def test_one_seed_running_past_its_budget_does_not_take_the_others(digits, tmp_path):
+    bench, data = digits
+    ws = _workspace(bench, tmp_path)
+    (ws / "train.py").write_text((ws / "train.py").read_text().replace(
+        "def fit(model, x, y, *, epochs, batch_size, generator, device):\n",
+        "def fit(model, x, y, *, epochs, batch_size, generator, device):\n"
+        "    if generator.initial_seed() % 2 == 0:\n        while True:\n            pass\n"))
+    even = next(s for s in range(100) if _fit_seed(s) % 2 == 0)
+    odd = next(s for s in range(100) if _fit_seed(s) % 2 == 1)
+    outs = run_trials(_request(bench, data, ws, tmp_path / "w", (even, odd), train_seconds=3))
+    assert [o.status for o in outs] == [TrialStatus.TIMEOUT, TrialStatus.OK], [(o.status, o.detail) for o in outs]
+    assert "budget" in outs[0].detail
+
+
+def test_a_child_cannot_forge_another_seeds_results(digits, tmp_path):
+    """The results leave through a descriptor only the runner holds: a child writing into every
+    descriptor it can find, and into its own output folder under other names, changes nothing of
+    what the trusted side reads for the other seeds."""
+    bench, data = digits
+    ws = _workspace(bench, tmp_path, '''
+        import os as _os
+        for _fd in range(3, 64):
+            try:
+                _os.write(_fd, b"ARREC2 {\\"slot\\": 1}\\n")
+            except OSError:
+                pass
+        _out = _os.path.join(_os.path.dirname(_os.environ["TMPDIR"]), "out")
+        open(_os.path.join(_out, "logits.npy"), "wb").write(b"forged")
+    ''')
+    outs = run_trials(_request(bench, data, ws, tmp_path / "w", (5, 6)))
+    for out in outs:
+        assert out.status == TrialStatus.OK, out.detail + out.log_tail
+        logits = np.load(io.BytesIO(out.logits), allow_pickle=False)
+        assert logits.shape[1] == 10 and np.isfinite(logits).all()
