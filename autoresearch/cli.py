@@ -21,7 +21,10 @@ EXIT_LLM = 6
 
 
 def _fail(message: str, code: int) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    from autoresearch.escaping import terminal_text
+
+    # The message may quote a model's text (git am's stderr names a commit subject): never markup.
+    err.print("[bold red]error:[/]", terminal_text(message), highlight=False)
     sys.exit(code)
 
 
@@ -395,13 +398,14 @@ def doctor():
 @_guard
 def replay(run, onto, verify, seed_base, runs_dir):
     """Apply the run's accepted commits onto a fresh checkout of the benchmark repo with git."""
+    from autoresearch.escaping import terminal_text
     from autoresearch.replay import replay_run, verify_replay
 
     run_dir = _resolve_run(run, runs_dir)
     result = replay_run(run_dir, onto)
     console.print(f"replayed {len(result.applied)} accepted commit(s) onto {result.path}", highlight=False)
-    for line in result.log:
-        console.print(f"  {line}", highlight=False)
+    for line in result.log:  # commit subjects: a model's titles
+        console.print(terminal_text(f"  {line}"), highlight=False)
     if verify:
         from autoresearch.live import LiveEvents
 

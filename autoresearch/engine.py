@@ -350,11 +350,14 @@ class RunEngine:
             problem = transductive(logits, check, layout.check_rows)
             if problem:
                 return TrialStatus.TRANSDUCTIVE.value, problem, {}, None
-        scores = {"val": score_logits(logits[layout.val_rows], self.data.labels("val"), metric=self.metric),
-                  "test": score_logits(logits[layout.test_rows], self.data.labels("test"), metric=self.metric)}
-        if len(layout.perturbed_rows):
-            scores["perturbed"] = score_logits(logits[layout.perturbed_rows], self.data.labels("test"),
-                                               metric=self.metric)
+        try:
+            scores = {"val": score_logits(logits[layout.val_rows], self.data.labels("val"), metric=self.metric),
+                      "test": score_logits(logits[layout.test_rows], self.data.labels("test"), metric=self.metric)}
+            if len(layout.perturbed_rows):
+                scores["perturbed"] = score_logits(logits[layout.perturbed_rows], self.data.labels("test"),
+                                                   metric=self.metric)
+        except PredictionError as exc:
+            return exc.kind, f"predictions rejected: {exc}", {}, None
         return "ok", "", scores, logits[layout.test_rows]
 
     def _batches(self, seeds: list[int]) -> list[list[int]]:
@@ -715,13 +718,18 @@ def unified_diff(old: dict[str, str], new: dict[str, str]) -> str:
 
 
 def commit_message(record: ProposalRecord, engine: RunEngine) -> str:
+    """Model text is escaped (one-line subject, hypothesis indented): `git am` of a replay must not
+    read it as a mail, a patch or one of the trailers below."""
+    from autoresearch.escaping import commit_body, commit_subject, one_line
+
     versions = engine.env["versions"]
     seeds = ",".join(str(t.seed) for t in record.candidate_trials) or "-"
-    return (f"{record.title}\n\n{record.hypothesis}\n\n"
+    body = commit_body(record.hypothesis)
+    return (f"{commit_subject(record.title)}\n\n" + (f"{body}\n\n" if body else "") +
             f"Autoresearch-Proposal: {record.idx:03d}\n"
             f"Autoresearch-Decision: {record.decision}\n"
             f"Autoresearch-Reason: {record.reason}\n"
-            f"Autoresearch-Detail: {record.detail.splitlines()[0][:300] if record.detail else '-'}\n"
+            f"Autoresearch-Detail: {one_line(record.detail, 300) or '-'}\n"
             f"Autoresearch-Seeds: {seeds}\n"
             f"Autoresearch-Data: {dumps(engine.data.fingerprints)}\n"
             f"Autoresearch-Versions: python={versions.get('python')} torch={versions.get('torch')} "

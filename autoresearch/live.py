@@ -1,4 +1,8 @@
-"""The terminal's live view of a run: current proposal, per-seed trial progress, decisions so far."""
+"""The terminal's live view of a run: current proposal, per-seed trial progress, decisions so far.
+
+Everything shown is a rich Text built by escaping.terminal_text, never a markup string: a title
+like ``[bold red]accepted`` prints as those characters.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from autoresearch.engine import Events, ProposalRecord
+from autoresearch.escaping import one_line, terminal_text
 
 
 def decisions_table(records: list[ProposalRecord] | list[dict], title: str = "decisions") -> Table:
@@ -27,7 +32,9 @@ def decisions_table(records: list[ProposalRecord] | list[dict], title: str = "de
             mean = r.gate.mean_difference if r.gate else None
             p = r.gate.p_value if r.gate else None
         style = "green" if decision == "accepted" else "red"
-        table.add_row(str(idx), title_[:60], Text(decision, style=style), reason,
+        # One line each: a line break in a title would draw a row of its own.
+        table.add_row(str(idx), terminal_text(one_line(title_, 60)), terminal_text(decision, style=style),
+                      terminal_text(one_line(reason, 40)),
                       "-" if mean is None else f"{mean:+.4f}", "-" if p is None else f"{p:.3g}")
     return table
 
@@ -57,9 +64,9 @@ class LiveEvents(Events):
     def _render(self) -> Group:
         parts = []
         elapsed = time.monotonic() - self.started
-        parts.append(Text(f"[{elapsed:6.0f}s] {self.stage_text}", style="dim"))
+        parts.append(terminal_text(f"[{elapsed:6.0f}s] {self.stage_text}", style="dim"))
         if self.current:
-            parts.append(Text(f"current: {self.current}", style="bold"))
+            parts.append(terminal_text(f"current: {self.current}", style="bold"))
         if self.seeds:
             line = Text("trials: ")
             for (role, seed), status in self.seeds.items():
@@ -75,19 +82,19 @@ class LiveEvents(Events):
 
     def _print(self, text: str) -> None:
         if self.live is None:
-            self.console.print(text, highlight=False)
+            self.console.print(terminal_text(text), highlight=False)
 
     def stage(self, text: str) -> None:
         with self._lock:
-            self.stage_text = text
-            self._print(f"· {text}")
+            self.stage_text = one_line(text, 300)
+            self._print(f"· {self.stage_text}")
             self._refresh()
 
     def proposal_started(self, idx: int, title: str) -> None:
         with self._lock:
-            self.current = f"#{idx} {title}"
+            self.current = f"#{idx} {one_line(title, 200)}"
             self.seeds = {}
-            self._print(f"→ proposal {idx}: {title}")
+            self._print(f"→ proposal {idx}: {one_line(title, 200)}")
             self._refresh()
 
     def trial_started(self, role: str, seed: int) -> None:
@@ -106,5 +113,5 @@ class LiveEvents(Events):
         with self._lock:
             self.records = [r for r in self.records if r.idx != record.idx] + [record]
             self.current = ""
-            self._print(f"  = {record.decision} ({record.reason}): {record.detail}")
+            self._print(f"  = {record.decision} ({record.reason}): {one_line(record.detail, 500)}")
             self._refresh()

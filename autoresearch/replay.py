@@ -53,6 +53,8 @@ def replay_run(run_dir: Path, onto: Path | None) -> ReplayResult:
         cfg.set_value("user", "email", ACTOR.email)
     repo.git.add("-A")
     repo.git.commit("-m", f"baseline: fresh copy of {bench.name} v{bench.spec.version}")
+    # Verification measures against this tag, never a position in the replayed history.
+    repo.create_tag(BASELINE_TAG, message="the benchmark's baseline (template) code, as replayed")
     fresh = {p: (target / p).read_text() for p in files}
     if files_hash(fresh) != files_hash(source.files_at(source.baseline)):
         raise ReplayError("the benchmark's template on this machine differs from the run's baseline commit; "
@@ -62,17 +64,31 @@ def replay_run(run_dir: Path, onto: Path | None) -> ReplayResult:
     if chain:
         patches = source.repo.git.format_patch("--stdout", "--binary", f"{BASELINE_TAG}..{ACCEPTED}")
         try:
-            repo.git.am("--3way", "--keep-non-patch", istream=_as_stream(patches))
+            # --no-scissors: a user's am.scissors setting must not cut a message at a model's `-- >8 --`.
+            repo.git.am("--3way", "--keep-non-patch", "--no-scissors", istream=_as_stream(patches))
         except git.GitCommandError as exc:
             raise ReplayError(f"git am failed: {exc.stderr.strip()}") from None
-        result.applied = chain
-        for c in repo.iter_commits(f"HEAD~{len(chain)}..HEAD", reverse=True):
-            result.log.append(f"{c.hexsha[:10]} {c.summary}")
-    replayed = tree_files(repo.head.commit)
-    if files_hash(replayed) != files_hash(source.files_at(source.accepted_tip)):
-        raise ReplayError("the replayed tree differs from the run's accepted tip")
-    result.log.append("replayed tree matches the run's accepted tip")
+    check_replayed(source, chain, repo)
+    result.applied = chain
+    for c in repo.iter_commits(f"{BASELINE_TAG}..HEAD", reverse=True):
+        result.log.append(f"{c.hexsha[:10]} {c.summary}")
+    result.log.append(f"replayed tree matches the run's accepted tip ({len(chain)} commit(s), each with the tree "
+                      "of its accepted commit)")
     return result
+
+
+def check_replayed(source: RunRepo, chain: list[str], repo: git.Repo) -> None:
+    """Exactly one replayed commit per accepted commit, each with its source's tree, in order: a
+    commit message that `git am` read as two mails (or a patch it skipped) would otherwise go
+    unnoticed as long as the final tree matched."""
+    replayed = list(repo.iter_commits(f"{BASELINE_TAG}..HEAD", reverse=True))
+    if len(replayed) != len(chain):
+        raise ReplayError(f"git am made {len(replayed)} commit(s) of the run's {len(chain)} accepted commit(s); "
+                          "a commit message was read as more (or fewer) patches than it is")
+    for n, (new, old) in enumerate(zip(replayed, chain), start=1):
+        if tree_files(new) != source.files_at(old):
+            raise ReplayError(f"replayed commit {n} ({new.hexsha[:10]}) has another tree than accepted commit "
+                              f"{old[:10]}")
 
 
 def _as_stream(text: str):
@@ -87,12 +103,12 @@ def _as_stream(text: str):
 
 
 def verify_replay(run_dir: Path, result: ReplayResult, *, seed_base: int | None = None, events=None) -> dict:
-    """The replayed chain against the replayed baseline, on seeds none of the run has used."""
+    """The replayed chain against the replayed baseline (its `baseline` tag), on seeds none of the run has used."""
     from autoresearch.engine import RunEngine
 
     engine = RunEngine.open(run_dir, events=events)
     repo = git.Repo(result.path)
-    base_commit = repo.commit(f"HEAD~{len(result.applied)}") if result.applied else repo.head.commit
+    base_commit = repo.commit(BASELINE_TAG)
 
     # Seeds none of the run has used and nobody could know in advance: drawn from a fresh secret
     # (or, with --seed-base, consecutive seeds the user chose and the output states).

@@ -1,4 +1,9 @@
-"""Markdown reports: one per proposal (readable on its own), and the run's REPORT.md with a plot."""
+"""Markdown reports: one per proposal (readable on its own), and the run's REPORT.md with a plot.
+
+Text from a model or a sandbox goes through autoresearch.escaping before it is written; a trial's
+summary is read only through _field/_number/_string, because it holds whatever JSON the sandbox
+returned (train_report is the candidate's own file): a wrong shape shows as "-", never raises.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +12,45 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from autoresearch.escaping import markdown_code, markdown_inline
 from autoresearch.gate import GateResult
 
 if TYPE_CHECKING:
     from autoresearch.engine import ProposalRecord, RunEngine, TrialRecord
 
 
-def _fmt(x: float | None, digits: int = 4) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "-"
-    return f"{x:.{digits}f}"
+def _field(obj: object, *keys: str) -> object:
+    """obj[k1][k2]..., or None where a level is missing or not a dict."""
+    for key in keys:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj
 
 
-def _signed(x: float | None, digits: int = 4) -> str:
+def _number(x: object) -> float | None:
+    """A finite real number as float, else None (strings, bools, NaN, ints too large for a float)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    try:
+        x = float(x)
+    except OverflowError:
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _string(x: object, limit: int = 200) -> str | None:
+    """A string, cut to ``limit`` characters, else None."""
+    return x[:limit] if isinstance(x, str) else None
+
+
+def _fmt(x: object, digits: int = 4) -> str:
+    x = _number(x)
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _signed(x: object, digits: int = 4) -> str:
+    x = _number(x)
     return "-" if x is None else f"{x:+.{digits}f}"
 
 
@@ -41,11 +72,10 @@ def _seed_table(record: "ProposalRecord", metric: str) -> str:
             diff = record.gate.differences[record.gate.seeds.index(t.seed)]
         elif t.test_metric is not None and i is not None and i.test_metric is not None:
             diff = t.test_metric - i.test_metric
-        timing = t.summary
         rows.append(f"| {t.seed} | {_fmt(t.test_metric)} | {_fmt(i.test_metric if i else None)} | {_signed(diff)} | "
                     f"{_fmt(t.val_metric)} | {_fmt(i.val_metric if i else None)} | {t.status}"
-                    f"{' (cached)' if t.cached else ''} | {_fmt(timing.get('train', {}).get('run'), 2)} | "
-                    f"{_fmt(timing.get('predict', {}).get('run'), 2)} |")
+                    f"{' (cached)' if t.cached else ''} | {_fmt(_field(t.summary, 'train', 'run'), 2)} | "
+                    f"{_fmt(_field(t.summary, 'predict', 'run'), 2)} |")
     return "\n".join(rows)
 
 
@@ -67,31 +97,36 @@ def _device_note(trials: list["TrialRecord"]) -> str:
     """Which device ran each trial, and whether its result is bit-reproducible there."""
     parts = []
     for t in trials:
-        rep = t.summary.get("train_report", {}) or {}
-        det = rep.get("determinism") or {}
-        if "bit_reproducible" not in det:
+        det = _field(t.summary, "train_report", "determinism")
+        bit = _field(det, "bit_reproducible")
+        if not isinstance(bit, bool):
             repro = "bit-reproducibility not reported by this harness"
-        elif det["bit_reproducible"]:
+        elif bit:
             repro = "bit-reproducible (deterministic kernels only)"
         else:
-            repro = "NOT bit-reproducible (ops without deterministic kernels: " + \
-                ", ".join(det.get("nondeterministic_ops", [])[:3]) + ")"
-        parts.append(f"seed {t.seed} on {rep.get('device') or t.summary.get('device', '?')}: {repro}")
+            ops = _field(det, "nondeterministic_ops")
+            ops = [markdown_inline(o, 80) for o in ops if isinstance(o, str)][:3] if isinstance(ops, list) else []
+            repro = "NOT bit-reproducible (ops without deterministic kernels: " + ", ".join(ops) + ")"
+        device = _string(_field(t.summary, "train_report", "device")) or _string(_field(t.summary, "device")) or "?"
+        parts.append(f"seed {t.seed} on {markdown_inline(device, 80)}: {repro}")
     return "trials: " + ("; ".join(parts) if parts else "-")
 
 
 def _secondary_section(record: "ProposalRecord", engine: "RunEngine") -> list[str]:
     """Macro-F1 and per-class accuracy on test, beside the gated metric; shown, never gated."""
-    inc = {t.seed: t.summary.get("secondary") or {} for t in record.incumbent_trials}
+    inc = {t.seed: _field(t.summary, "secondary") for t in record.incumbent_trials}
     rows = ["## Secondary metrics (test; shown, not gated)", "",
             "| seed | candidate macro-F1 | incumbent macro-F1 | candidate per-class accuracy |", "|---:|---:|---:|---|"]
     notes = set()
     for t in record.candidate_trials:
-        sec = t.summary.get("secondary") or {}
-        notes.update(v for k, v in sec.items() if k in ("unavailable", "error"))
-        per_class = " ".join("-" if a is None else f"{a:.2f}" for a in sec.get("per_class_accuracy", [])) or "-"
-        rows.append(f"| {t.seed} | {_fmt(sec.get('macro_f1'))} | {_fmt(inc.get(t.seed, {}).get('macro_f1'))} | "
-                    f"{per_class} |")
+        sec = _field(t.summary, "secondary")
+        for key in ("unavailable", "error"):
+            if isinstance(note := _field(sec, key), str):
+                notes.add(markdown_inline(note, 300))
+        per_class = _field(sec, "per_class_accuracy")
+        per_class = " ".join(_fmt(a, 2) for a in per_class[:100]) if isinstance(per_class, list) else ""
+        rows.append(f"| {t.seed} | {_fmt(_field(sec, 'macro_f1'))} | {_fmt(_field(inc.get(t.seed), 'macro_f1'))} | "
+                    f"{per_class or '-'} |")
     return rows + [""] + [f"> {n}" for n in sorted(notes)] + ([""] if notes else [])
 
 
@@ -103,27 +138,25 @@ def write_proposal_report(engine: "RunEngine", record: "ProposalRecord") -> Path
     out.parent.mkdir(parents=True, exist_ok=True)
     decision = "ACCEPTED" if record.decision == "accepted" else "REJECTED"
     trials = record.candidate_trials
-    train_s = sum(t.summary.get("train", {}).get("run", 0.0) for t in trials if not t.cached)
-    predict_s = sum(t.summary.get("predict", {}).get("run", 0.0) for t in trials if not t.cached)
-    devices = sorted({t.summary.get("device", engine.device) for t in trials}) or [engine.device]
+    train_s = sum(_number(_field(t.summary, "train", "run")) or 0.0 for t in trials if not t.cached)
+    predict_s = sum(_number(_field(t.summary, "predict", "run")) or 0.0 for t in trials if not t.cached)
+    devices = sorted({_string(_field(t.summary, "device")) or engine.device for t in trials}) or [engine.device]
     lines = [
-        f"# Proposal {record.idx:03d}: {record.title}",
+        f"# Proposal {record.idx:03d}: {markdown_inline(record.title, 200)}",
         "",
         f"**Decision: {decision}** (reason: `{record.reason}`)",
         "",
-        f"> {record.detail}" if record.detail else "",
+        f"> {markdown_inline(record.detail)}" if record.detail else "",
         "",
         f"- run: `{engine.run_id}`; benchmark `{spec.name}` v{spec.version}; source: {row.get('source', '-')}",
-        f"- idea: {engine.config.idea or '(proposals file, no idea)'}",
-        f"- hypothesis: {record.hypothesis or '-'}",
+        f"- idea: {markdown_inline(engine.config.idea) if engine.config.idea else '(proposals file, no idea)'}",
+        f"- hypothesis: {markdown_inline(record.hypothesis, 4000) or '-'}",
         f"- parent (incumbent) commit: `{row.get('parent_commit', '-')}`; this proposal's commit: `{record.commit}` "
         f"(ref `refs/proposals/{record.idx:03d}`)",
         "",
         "## The change",
         "",
-        "```diff",
-        (record.diff.rstrip("\n") if record.diff else "(no change could be applied)").replace("```", "`\u200b``"),
-        "```",
+        markdown_code(record.diff or "(no change could be applied)", "diff"),
         "",
     ]
     if trials:
@@ -149,7 +182,7 @@ def write_proposal_report(engine: "RunEngine", record: "ProposalRecord") -> Path
         f"(candidate trials run now)",
         f"- isolation: **{engine.isolation}**" + ("" if engine.isolation == "bubblewrap" else
                                                   " (no sandbox: candidate code ran with the user's rights)"),
-        f"- device: {engine.env.get('device', ', '.join(devices))}; " + _device_note(trials),
+        f"- device: {engine.env.get('device') or markdown_inline(', '.join(devices))}; " + _device_note(trials),
         f"- LLM: {llm['calls']} call(s), {llm['prompt_tokens']} prompt + {llm['completion_tokens']} completion tokens, "
         f"~${llm['cost_usd']:.4f}; prompt hash {row.get('prompt_hash') or '-'}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in engine.env["versions"].items()),
@@ -166,8 +199,9 @@ def write_proposal_report(engine: "RunEngine", record: "ProposalRecord") -> Path
     ]
     failed = next((t for t in trials if not t.ok), None)
     if failed is not None:
-        tail = str(failed.summary.get("log_tail", ""))[-3000:].replace("```", "`\u200b``")
-        lines += [f"## Log tail (seed {failed.seed})", "", "```", tail, "```", ""]
+        tail = _field(failed.summary, "log_tail")
+        tail = tail[-3000:] if isinstance(tail, str) else ""
+        lines += [f"## Log tail (seed {failed.seed})", "", markdown_code(tail), ""]
     out.write_text("\n".join(lines))
     return out
 
@@ -207,7 +241,8 @@ def write_summary(engine: "RunEngine", headline: dict) -> Path:
     accepted = [r for r in records if r.decision == "accepted"]
     totals = engine.ledger.llm_totals(engine.run_id)
     lines = [f"# Run {engine.run_id}", "",
-             f"- benchmark: `{spec.name}` v{spec.version}; idea: {engine.config.idea or '(proposals file)'}",
+             f"- benchmark: `{spec.name}` v{spec.version}; idea: "
+             f"{markdown_inline(engine.config.idea) if engine.config.idea else '(proposals file)'}",
              f"- proposals: {len(records)} decided of a budget of {engine.gate.proposals}; accepted: {len(accepted)}",
              f"- gate: {engine.gate.seeds} paired seeds on test, one-sided paired t, alpha={engine.gate.alpha}, "
              f"m={engine.gate.proposals} (per-test threshold {engine.gate.threshold:.4g}), min_delta={engine.gate.min_delta}, "
@@ -231,7 +266,7 @@ def write_summary(engine: "RunEngine", headline: dict) -> Path:
     for r in records:
         g = r.gate
         rep = Path(r.report_path).name if r.report_path else ""
-        lines.append(f"| {r.idx} | {r.title.replace('|', '/')} | {r.decision} | {r.reason} | "
+        lines.append(f"| {r.idx} | {markdown_inline(r.title, 120)} | {r.decision} | {r.reason} | "
                      f"{_signed(g.mean_difference) if g else '-'} | "
                      f"{f'[{g.ci95[0]:+.4f}, {g.ci95[1]:+.4f}]' if g else '-'} | {f'{g.p_value:.3g}' if g else '-'} | "
                      f"[{rep}](reports/{rep}) |")
@@ -262,8 +297,10 @@ def run_summary_json(engine: "RunEngine") -> dict:
             "ci95": list(r.gate.ci95) if r.gate else None, "p_value": r.gate.p_value if r.gate else None,
             "threshold": r.gate.threshold if r.gate else None, "commit": r.commit, "report": r.report_path,
             "per_seed": [{"seed": t.seed, "role": "candidate", "status": t.status, "test": t.test_metric,
-                          "val": t.val_metric, "device": t.summary.get("device")} for t in r.candidate_trials] +
+                          "val": t.val_metric, "device": _string(_field(t.summary, "device"))}
+                         for t in r.candidate_trials] +
                         [{"seed": t.seed, "role": "incumbent", "status": t.status, "test": t.test_metric,
-                          "val": t.val_metric, "device": t.summary.get("device")} for t in r.incumbent_trials],
+                          "val": t.val_metric, "device": _string(_field(t.summary, "device"))}
+                         for t in r.incumbent_trials],
         } for r in records],
     }

@@ -1,0 +1,138 @@
+"""Reports never die on what a sandbox returned, and model text cannot change their structure.
+
+No training: records and trials are built directly, the engine is a stand-in with what reports read.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+from markdown_it import MarkdownIt
+
+from autoresearch.benchmark import load_benchmark
+from autoresearch.engine import ProposalRecord, TrialRecord
+from autoresearch.gate import GateConfig, decide
+from autoresearch.ledger import Ledger
+from autoresearch.reports import run_summary_json, write_proposal_report, write_summary
+from autoresearch.scoring import Metric
+
+BIG = "x" * 1_000_000
+# What a candidate can leave in train_report.json, or a broken trial runner in a summary.
+HOSTILE_SUMMARIES = [
+    {"train_report": {"determinism": 5}},  # killed a run in report writing (issue 10)
+    {"train_report": [1, 2]},
+    {"train_report": BIG},
+    {"train_report": {"device": {"a": 1}, "determinism": {"bit_reproducible": "no"}}},
+    {"train_report": {"device": BIG, "determinism": {"bit_reproducible": False, "nondeterministic_ops": 7}}},
+    {"train_report": {"determinism": {"bit_reproducible": False,
+                                      "nondeterministic_ops": [1, None, {"a": 1}, BIG, "| # <b>x</b>"]}}},
+    {"device": ["cuda"], "train": "fast", "predict": {"run": "1"}},
+    {"device": BIG, "train": {"run": 10 ** 400}, "predict": {"run": float("nan")}},
+    {"train": {"run": True}, "predict": []},
+    {"secondary": [1]},
+    {"secondary": {"per_class_accuracy": "abc", "macro_f1": "x", "error": {"a": 1}, "unavailable": 3}},
+    {"secondary": {"per_class_accuracy": [None, "x", 10 ** 400, {"a": 1}] + [0.5] * 100_000,
+                   "unavailable": "## heading\n| a |" + BIG}},
+    {"log_tail": 5},
+    {"log_tail": "```\n# forged\n" * 100_000},
+    [],
+    None,
+    "a string",
+    7,
+]
+
+
+def trial(seed: int, summary, *, status: str = "crash", role: str = "candidate", metric: float | None = None):
+    return TrialRecord(seed=seed, role=role, code_hash="c", status=status, detail="boom", val_metric=metric,
+                       test_metric=metric, val_log_loss=None, test_log_loss=None, summary=summary)
+
+
+def fake_engine(tmp_path: Path, records: list[ProposalRecord], idea: str = "adaptive optimizers"):
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    ledger.create_run(id="r1", benchmark="digits-mlp", benchmark_version="2", idea=idea, config_json="{}",
+                      fingerprints_json="{}", counts_json="{}", env_json="{}", isolation="bubblewrap")
+    for r in records:
+        ledger.add_proposal(run_id="r1", idx=r.idx, source="file", title=r.title, hypothesis=r.hypothesis, raw="{}")
+    return SimpleNamespace(
+        run_dir=tmp_path, run_id="r1", bench=load_benchmark("digits-mlp"), ledger=ledger,
+        config=SimpleNamespace(idea=idea), metric=Metric("accuracy", "higher"),
+        data=SimpleNamespace(counts={"train": 1000, "val": 300, "test": 497}, fingerprints={"train": "a" * 64}),
+        gate=GateConfig(seeds=2, proposals=len(records)), gate_seeds=[1, 2], isolation="bubblewrap",
+        env={"device": "cpu", "versions": {"python": "3.11"}}, device="cpu", records=lambda: records)
+
+
+def write_all(engine, records: list[ProposalRecord]) -> tuple[list[str], str, dict]:
+    reports = []
+    for r in records:
+        r.report_path = str(write_proposal_report(engine, r))
+        reports.append(Path(r.report_path).read_text())
+    summary = write_summary(engine, {"verified": False, "detail": "verification skipped"})
+    return reports, summary.read_text(), run_summary_json(engine)
+
+
+def test_reports_survive_any_summary_shape(tmp_path):
+    records = [ProposalRecord(idx=i, title=f"proposal {i}", hypothesis="h", decision="rejected", reason="crash",
+                              detail="seed 1: boom", candidate_trials=[trial(1, s), trial(2, s, status="ok")],
+                              incumbent_trials=[trial(1, s, status="ok", role="incumbent", metric=0.9)])
+               for i, s in enumerate(HOSTILE_SUMMARIES, start=1)]
+    reports, summary_md, summary = write_all(fake_engine(tmp_path, records), records)
+    for text in reports:
+        assert len(text) < 60_000  # what is shown is capped, whatever the summary held
+        assert "## Protocol" in text and "## Log tail (seed 1)" in text
+    assert len(summary_md) < 60_000
+    json.dumps(summary)  # the summary stays JSON
+    assert all(t["device"] is None or len(t["device"]) <= 200 for p in summary["proposals"] for t in p["per_seed"])
+
+
+def test_well_formed_summaries_still_show(tmp_path):
+    good = {"train": {"run": 1.5}, "predict": {"run": 0.25}, "device": "cpu", "log_tail": "RuntimeError: boom",
+            "train_report": {"device": "cuda:0 (H100)",
+                             "determinism": {"bit_reproducible": False, "nondeterministic_ops": ["aten::index_add"]}},
+            "secondary": {"macro_f1": 0.5, "per_class_accuracy": [0.25, None], "unavailable": "needs evaluate"}}
+    record = ProposalRecord(idx=1, title="t", hypothesis="h", decision="rejected", reason="crash", detail="d",
+                            candidate_trials=[trial(1, good)], incumbent_trials=[])
+    (report,), _, summary = write_all(fake_engine(tmp_path, [record]), [record])
+    for needle in ["| 1.50 | 0.25 |", "cuda:0 (H100)", "aten::index\\_add", "| 0.5000 |", "0.25 -", "> needs evaluate",
+                   "sandboxed train 1.5s, predict 0.2s", "RuntimeError: boom"]:
+        assert needle in report, needle
+    assert summary["proposals"][0]["per_seed"][0]["device"] == "cpu"
+
+
+HOSTILE = ("Adam\n# Forged heading\r\n| a | b |\n<img src=x onerror=alert(1)> [click](http://evil) ![i](x)\n"
+           "```\n**ACCEPTED** _x_ ~~y~~ $m$ &lt; \\ \x1b[31m\u202e")
+DIFF = "--- a/optim.py\n+++ b/optim.py\n@@ -1 +1,3 @@\n-x = 1\n+x = '''\n+```\n+# not a heading\n+````\n"
+TAIL = "Traceback\n```\n## forged section\n<script>alert(1)</script>\n"
+MD = MarkdownIt("commonmark").enable(["table", "strikethrough"])
+
+
+def structure(text: str) -> list:
+    """The document's shape: block tokens and the inline tokens in them, without the text itself."""
+    return [(t.type, t.tag, [c.type for c in t.children or [] if c.type != "text"]) for t in MD.parse(text)]
+
+
+def reports_for(tmp_path: Path, title: str, hypothesis: str, detail: str, idea: str):
+    seeds = [1, 2]
+    cand = [trial(s, {"log_tail": TAIL}, status="ok" if s == 2 else "crash", metric=0.9) for s in seeds]
+    inc = [trial(s, {}, status="ok", role="incumbent", metric=0.8) for s in seeds]
+    gate = decide(seeds, [0.9, 0.95], [0.8, 0.85], metric=Metric("accuracy", "higher"),
+                  config=GateConfig(seeds=2, proposals=2))
+    records = [ProposalRecord(idx=i, title=title, hypothesis=hypothesis, decision="rejected", reason="crash",
+                              detail=detail, diff=DIFF, gate=gate, candidate_trials=cand, incumbent_trials=inc)
+               for i in (1, 2)]
+    tmp_path.mkdir()
+    return write_all(fake_engine(tmp_path, records, idea=idea), records)
+
+
+def test_model_text_cannot_change_a_reports_structure(tmp_path):
+    benign = reports_for(tmp_path / "benign", "Adam", "faster", "seed 1: boom", "optimizers")
+    hostile = reports_for(tmp_path / "hostile", HOSTILE, HOSTILE, f"not editable: {HOSTILE!r}\n{HOSTILE}", HOSTILE)
+    assert structure(hostile[0][0]) == structure(benign[0][0])
+    assert structure(hostile[1]) == structure(benign[1])  # REPORT.md: one table row and one link per proposal
+    tokens = MD.parse(hostile[0][0])
+    fences = [t.content for t in tokens if t.type == "fence"]
+    assert fences[0] == DIFF and fences[-1] == TAIL  # the diff and the log tail, exactly
+    heading = next(t for i, t in enumerate(tokens) if i and tokens[i - 1].type == "heading_open")
+    assert heading.children[0].content.startswith("Proposal 001: Adam # Forged heading | a | b | <img src=x")
+    assert "\x1b" not in hostile[0][0] and "\u202e" not in hostile[0][0]
