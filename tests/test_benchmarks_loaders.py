@@ -140,7 +140,7 @@ def test_hub_loader_and_pins_on_local_files(name, tmp_path):
     assert all(is_pinned(v) for v in bench.spec.data.fingerprints.values())
     data = prepare_data(bench, tmp_path / "data1", "ab" * 32)
     assert data.counts == fx["sizes"]
-    x = np.load(data.public_dir / "predict" / "test_x.npy")
+    x = np.load(data.predict_dir / "inputs.npy")
     assert x.shape[1:] == fx["x"]
     if name == "sst2-transformer":  # the canonical validation split is the test split, whole
         assert sorted(data.labels("test").tolist()) == sorted([i % 2 for i in range(16)])

@@ -1,9 +1,9 @@
 """The built wheel installs under one namespace and runs `autoresearch --help` outside the repo."""
 
 import json
+import os
 import subprocess
 import sys
-import venv
 import zipfile
 from pathlib import Path
 
@@ -11,9 +11,12 @@ from conftest import REPO_ROOT
 
 
 def test_wheel_installs_and_runs_outside_the_repo(tmp_path):
+    """Offline: the wheel is built with this environment's setuptools (no build isolation, nothing
+    downloaded) and installed without dependencies into a folder of its own, which comes first on
+    the path (the editable install's finder comes after every path entry)."""
     dist = tmp_path / "dist"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(REPO_ROOT)],
-                   check=True, cwd=tmp_path, timeout=600)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist),
+                    str(REPO_ROOT)], check=True, cwd=tmp_path, timeout=600)
     wheel = next(dist.glob("autoresearch_gate-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
@@ -21,33 +24,31 @@ def test_wheel_installs_and_runs_outside_the_repo(tmp_path):
     for needed in ["autoresearch/agent/proposal.py", "autoresearch/sandbox/isolation.py",
                    "autoresearch/baselines/digits-mlp/spec.toml", "autoresearch/baselines/digits-mlp/repo/optim.py",
                    "autoresearch/harnesses/torch-classifier/run_train.py",
-                   "autoresearch/harnesses/torch-classifier/run_predict.py"]:
+                   "autoresearch/harnesses/torch-classifier/run_predict.py",
+                   "autoresearch/harnesses/torch-classifier/runtime.py"]:
         assert needed in names, needed
 
-    env_dir = tmp_path / "venv"
-    venv.EnvBuilder(with_pip=True).create(env_dir)
-    pip = env_dir / "bin" / "pip"
-    # Only what `--help` needs; the heavy runtime dependencies are exercised by the rest of the suite.
-    subprocess.run([str(pip), "install", "-q", "--no-deps", str(wheel)], check=True, timeout=600)
-    subprocess.run([str(pip), "install", "-q", "click", "rich"], check=True, timeout=600)
-    out = subprocess.run([str(env_dir / "bin" / "autoresearch"), "--help"], capture_output=True, text=True,
-                         cwd=tmp_path, timeout=120)
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(site),
+                    str(wheel)], check=True, timeout=600)
+    env = dict(os.environ, PYTHONPATH=str(site))
+    out = subprocess.run([sys.executable, "-m", "autoresearch.cli", "--help"], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
     assert "autoresearch" in out.stdout and "run" in out.stdout and "replay" in out.stdout
-    where = subprocess.run([str(env_dir / "bin" / "python"), "-c",
-                            "import autoresearch.agent.proposal as p, autoresearch; print(p.__file__)"],
-                           capture_output=True, text=True, cwd=tmp_path, timeout=60)
-    assert str(env_dir) in where.stdout and str(REPO_ROOT) not in where.stdout
+    where = subprocess.run([sys.executable, "-c", "import autoresearch.agent.proposal as p, autoresearch; "
+                            "print(p.__file__)"], capture_output=True, text=True, cwd=tmp_path, timeout=60, env=env)
+    assert str(site) in where.stdout and str(REPO_ROOT) not in where.stdout, where.stdout + where.stderr
     # Every shipped spec that names a built-in harness finds its files in the installed package.
-    shipped = subprocess.run([str(env_dir / "bin" / "python"), "-c", SHIPPED_HARNESSES],
-                             capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    shipped = subprocess.run([sys.executable, "-c", SHIPPED_HARNESSES], capture_output=True, text=True, cwd=tmp_path,
+                             timeout=60, env=env)
     assert shipped.returncode == 0, shipped.stderr
     uses, both = json.loads(shipped.stdout)
-    assert uses and all(files == ["run_predict.py", "run_train.py"] for files in uses.values()), uses
+    assert uses and all(files == ["run_predict.py", "run_train.py", "runtime.py"] for files in uses.values()), uses
     # A spec that names a harness beside a harness/ folder refuses to load (setuptools reuses a stale
     # build/lib: after harness folders were removed from the source, `rm -rf build` before building).
     assert not both, f"the wheel ships harness/ folders beside a harness key: {both}"
-    assert all(str(env_dir) in where for where in uses), uses
+    assert all(str(site) in where for where in uses), uses
 
 
 SHIPPED_HARNESSES = """

@@ -4,6 +4,7 @@ same per-seed metrics on a deterministic benchmark."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -16,10 +17,12 @@ pytestmark = pytest.mark.slow
 
 def _run(bench: Path, proposals: Path, runs: Path, slots: int) -> dict:
     out = subprocess.run([AUTORESEARCH, "run", "--benchmark", str(bench), "--proposals-file", str(proposals),
-                          "--runs-dir", str(runs), "--seeds", "2", "--slots", str(slots), "--no-verify",
-                          # alpha 0.2: with only 2 seeds a clear gain can pass, so both decisions occur
+                          "--runs-dir", str(runs), "--seeds", "3", "--slots", str(slots), "--no-verify",
+                          # alpha 0.2: with only 3 seeds a clear gain passes, so both decisions occur
                           "--alpha", "0.2",
-                          "--device", "cpu"], capture_output=True, text=True, timeout=600)
+                          "--device", "cpu"], capture_output=True, text=True, timeout=600,
+                         # One secret for both runs: the same seeds and predict set, so they can be compared.
+                         env=dict(os.environ, AUTORESEARCH_RUN_SECRET="7a" * 32))
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     (run_dir,) = [p for p in runs.iterdir() if (p / "ledger.sqlite").is_file()]
     shown = subprocess.run([AUTORESEARCH, "show", str(run_dir), "--json", "--runs-dir", str(runs)],

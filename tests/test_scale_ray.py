@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -32,13 +33,14 @@ import ray
 assert ray.util.get_node_ip_address() == "127.0.0.1"
 # Everything Ray started listens on loopback only.
 import subprocess
+from pathlib import Path
 listeners = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout.splitlines()
 loopback = ("127.0.0.1:", "[::ffff:127.0.0.1]:", "[::1]:")
 outside = [l for l in listeners if any(k in l for k in ("raylet", "gcs_server", "ray::"))
            and not l.split()[3].startswith(loopback)]
 assert not outside, outside
 
-config = RunConfig(benchmark=bench, runs_dir=Path(runs), seeds=2, proposals=1, verify=False, slots=2,
+config = RunConfig(benchmark=bench, runs_dir=Path(runs), seeds=3, proposals=1, verify=False, slots=2,
                    executor="ray", device="cpu")
 engine = RunEngine.create(config, executor=executor)
 records = run_proposal_lines(engine, [proposal])
@@ -64,7 +66,7 @@ def test_ray_executor_runs_a_gated_run_on_loopback(tmp_path):
     assert lines, out.stdout[-3000:] + out.stderr[-3000:]
     result = json.loads(lines[-1][len("RESULT "):])
     assert result["decisions"] == [["accepted", "accepted"]]
-    assert len(result["seeds"]) == 2 and result["statuses"] == ["ok", "ok"]
+    assert len(result["seeds"]) == 3 and result["statuses"] == ["ok", "ok", "ok"]
     status, detail, seed = result["lost"]
     assert status == "crash" and seed == 7 and "ray task failed on 2 attempt(s)" in detail
 

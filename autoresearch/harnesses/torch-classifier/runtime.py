@@ -34,7 +34,9 @@ def read_orders() -> dict:
     """The trusted side's instructions, from stdin (never argv or the environment: candidate
     code could read those). Read whole, then stdin is closed."""
     data = sys.stdin.buffer.read()
-    sys.stdin.close()
+    null = os.open(os.devnull, os.O_RDONLY)  # the pipe goes: nothing more comes through it
+    os.dup2(null, 0)
+    os.close(null)
     orders = json.loads(data)
     if orders.get("protocol") != PROTOCOL:
         raise SystemExit(f"harness: protocol {orders.get('protocol')!r} is not {PROTOCOL}")
@@ -158,6 +160,8 @@ class Runner:
                 log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 os.dup2(log, 1)
                 os.dup2(log, 2)
+                if log > 2:
+                    os.close(log)
                 for fd in self.private_fds:
                     os.close(fd)
                 sys.stdout = open(1, "w", buffering=1, closefd=False)
