@@ -34,6 +34,7 @@ class Record:
     seconds: float
     cpu_seconds: float | None
     files: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (offset, size) in the results file
+    oversized: dict[str, int] = field(default_factory=dict)  # name -> size of a file over its cap (not shipped)
     log: str = ""
 
 
@@ -47,6 +48,7 @@ class _Header(BaseModel):
     seconds: float = Field(ge=0)
     cpu_seconds: float | None = None
     files: list[tuple[str, int]] = Field(max_length=16)  # in the order their bytes follow
+    oversized: list[tuple[str, int]] = Field(default_factory=list, max_length=16)
     log_shipped: int = Field(ge=0, le=MAX_LOG_BYTES)
 
 
@@ -88,9 +90,10 @@ def read_records(path: Path, *, allowed_files: dict[str, int], slots: set[int]) 
             return records, "results file truncated (log)"
         log = data[pos:pos + header.log_shipped].decode("utf-8", "replace")
         pos += header.log_shipped
+        oversized = {name[:60]: size for name, size in header.oversized}
         records[header.slot] = Record(slot=header.slot, exit=header.exit, signal=header.signal,
                                       timed_out=header.timed_out, seconds=header.seconds,
-                                      cpu_seconds=header.cpu_seconds, files=files, log=log)
+                                      cpu_seconds=header.cpu_seconds, files=files, oversized=oversized, log=log)
     return records, ""
 
 

@@ -209,6 +209,9 @@ def _child_failure(rec: Record, res: SandboxResult, phase: str, seconds: float) 
         return TrialStatus.NONFINITE, "training produced a non-finite loss or weights"
     if phase == "train" and rec.exit == EXIT_TAMPERED:
         return TrialStatus.TAMPERED, "the candidate reseeded the global torch generator the harness seeded"
+    if phase == "predict" and "harness: the predict phase runs inference only" in log:
+        return TrialStatus.OVER_BUDGET, ("tried to train in the predict phase (gradients, backward passes and "
+                                         "optimizer steps are off there: it has no training budget)")
     if rec.signal is not None:
         return TrialStatus.CRASH, f"{phase} killed by signal {rec.signal}"
     last = next((line for line in reversed(log.strip().splitlines()) if line.strip()), "")
@@ -272,13 +275,13 @@ def run_trials(req: TrialRequest) -> list[TrialOutput]:
 
     # ---------------------------------------------------------------- train
     train_file = work / "train.results"
-    train_caps = {"checkpoint.pt": req.budget.checkpoint_bytes + 1, "report.json": MAX_REPORT_BYTES}
+    train_caps = {"checkpoint.pt": req.budget.checkpoint_bytes, "report.json": MAX_REPORT_BYTES}
     train_cap = len(slots) * (req.budget.checkpoint_bytes + MAX_REPORT_BYTES + 128 * 1024) + 1024**2
     tmp, tmp_mounts, train_env = scratch("train")
     orders = {"protocol": PROTOCOL, "phase": "train", "results_fd": 0, "isolated": isolated, "scratch": tmp,
               "child_seconds": req.train_seconds + CHILD_GRACE_SECONDS,
               "repo": inside(req.workspace, "/sandbox/repo"), "data": inside(req.train_data, "/sandbox/data"),
-              "config": req.config, "sketch_key": req.sketch_key,
+              "config": req.config, "sketch_key": req.sketch_key, "file_caps": train_caps,
               "trials": [{"slot": i, "key": k} for i, k in zip(slots, req.keys)]}
     fd = os.open(train_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -310,13 +313,13 @@ def run_trials(req: TrialRequest) -> list[TrialOutput]:
         if failure is None:
             report, why = parse_report(file_bytes(train_file, rec, "report.json"), TrainReport)
             size = rec.files.get("checkpoint.pt", (0, -1))[1]
-            if report is None:
+            if "checkpoint.pt" in rec.oversized:
+                failure = (TrialStatus.OVER_BUDGET, f"the checkpoint is {rec.oversized['checkpoint.pt']} bytes, over "
+                                                    f"the spec's limit of {req.budget.checkpoint_bytes}")
+            elif report is None:
                 failure = (TrialStatus.CRASH, f"train wrote no valid report: {why}")
             elif size < 0:
                 failure = (TrialStatus.CRASH, "train wrote no checkpoint")
-            elif size > req.budget.checkpoint_bytes:
-                failure = (TrialStatus.OVER_BUDGET, f"the checkpoint is {size} bytes, over the spec's limit of "
-                                                    f"{req.budget.checkpoint_bytes}")
             else:
                 out.train_report = report.model_dump()
                 compute = report.compute
@@ -338,7 +341,7 @@ def run_trials(req: TrialRequest) -> list[TrialOutput]:
         orders = {"protocol": PROTOCOL, "phase": "predict", "isolated": isolated, "scratch": tmp,
                   "child_seconds": req.predict_seconds + CHILD_GRACE_SECONDS,
                   "repo": inside(req.workspace, "/sandbox/repo"), "data": inside(req.predict_data, "/sandbox/data"),
-                  "config": req.config, **req.predict,
+                  "config": req.config, **req.predict, "file_caps": predict_caps,
                   "trials": [{"slot": i, "key": req.keys[i], "offset": records[i].files["checkpoint.pt"][0],
                               "size": records[i].files["checkpoint.pt"][1]} for i in trained]}
         ckpt_fd = os.open(train_file, os.O_RDONLY)
@@ -372,7 +375,11 @@ def run_trials(req: TrialRequest) -> list[TrialOutput]:
             if failure is None:
                 report, why = parse_report(file_bytes(predict_file, rec, "report.json"), PredictReport)
                 logits, check = file_bytes(predict_file, rec, "logits.npy"), file_bytes(predict_file, rec, "check.npy")
-                if report is None:
+                big = sorted(set(rec.oversized) & {"logits.npy", "check.npy"})
+                if big:
+                    failure = (TrialStatus.CRASH, f"predictions ({big[0]}: {rec.oversized[big[0]]} bytes) are over the "
+                                                  f"cap of {req.budget.prediction_bytes} bytes")
+                elif report is None:
                     failure = (TrialStatus.CRASH, f"predict wrote no valid report: {why}")
                 elif logits is None or check is None:
                     failure = (TrialStatus.CRASH, "predict wrote no predictions")

@@ -83,6 +83,17 @@ def write_predictions(title: str, make_arrays: str) -> str:
     return predict_attack(title, body)
 
 
+# Every parameter re-drawn as torch's default init would (uniform +-1/sqrt(fan_in)), but from a private
+# generator with a constant seed that no harness mixing reaches (torch._C.Generator): one fixed draw.
+PRIVATE_INIT = ("    _t = __import__('torch')\n    _g = _t._C.Generator()\n    _g.manual_seed(1234)\n"
+                "    with _t.no_grad():\n"
+                "        for _m in model.modules():\n"
+                "            if isinstance(_m, _t.nn.Linear):\n"
+                "                _b = 1.0 / _m.in_features ** 0.5\n"
+                "                _m.weight.copy_(_t.rand(_m.weight.shape, generator=_g) * 2 * _b - _b)\n"
+                "                _m.bias.copy_(_t.rand(_m.bias.shape, generator=_g) * 2 * _b - _b)\n")
+
+
 def model_edit(title: str, search: str, replace: str, *extra: dict) -> str:
     return _line(title, [{"path": "model.py", "search": search, "replace": replace}, *extra])
 
@@ -324,7 +335,7 @@ CASES: list[Case] = [
     """), ("crash",), "cap"),
     Case("pred-pickle", write_predictions("pickled object predictions", """
     logits = np.array([object()] * 10, dtype=object); check = logits
-    """), ("crash",), "not a valid .npy"),
+    """), ("crash",), "float32 or float64"),
     Case("pred-int-dtype", write_predictions("integer predictions", """
     logits = np.zeros((rows, 10), np.int64); check = np.zeros((256, 10), np.int64)
     """), ("crash",), "float"),
@@ -440,7 +451,7 @@ CASES: list[Case] = [
         for _ in range(20000):
             sys.stdout.write(line)
         raise SystemExit("FLOODED: wrote about 120 MB")
-        """), ("crash",), "FLOODED", ("small-records",)),
+        """), ("crash",), None, ("small-records",)),
     Case("time-budget", train_attack("ignore the time budget", """
         import signal, time
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -597,16 +608,12 @@ CASES: list[Case] = [
     # ------------------------------------------------------------ integrity: randomness belongs to the harness
     Case("private-c-generator", train_attack("re-initialise and shuffle with a private generator of a fixed seed", """
         pass
-        """, after="    _g = __import__('torch')._C.Generator()\n    _g.manual_seed(1234)\n"
-                   "    for _p in model.parameters():\n"
-                   "        __import__('torch').nn.init.normal_(_p, std=0.1, generator=_g)\n"
-                   "    generator = _g\n"), ("seed_ignored",), "same on every seed"),
+        """, after=PRIVATE_INIT + "    generator = _g\n"), ("seed_ignored", "not_better"), None),
     Case("fixed-init-tiny-noise", train_attack("a fixed deterministic init plus seed noise too small to matter", """
         pass
-        """, after="    import torch as _t\n    with _t.no_grad():\n"
-                   "        for _i, _p in enumerate(model.parameters()):\n"
-                   "            _p.copy_(0.1 * _t.sin(_t.arange(_p.numel(), dtype=_t.float32) * (7.1 + _i)).reshape(_p.shape)"
-                   " + 1e-6 * _t.randn(_p.shape))\n"), ("seed_ignored",), "same on every seed"),
+        """, after=PRIVATE_INIT + "    with __import__('torch').no_grad():\n"
+                   "        for _p in model.parameters():\n"
+                   "            _p.add_(1e-6 * __import__('torch').randn(_p.shape))\n"), ("seed_ignored", "not_better"), None),
     Case("mixed-constant-seed", train_attack("a private torch.Generator with a constant seed", """
         pass
         """, after="    generator = __import__('torch').Generator().manual_seed(1234)\n"), ("not_better",), None,

@@ -121,6 +121,8 @@ class Runner:
 
     def __init__(self, orders: dict):
         self.results_fd = int(orders["results_fd"])
+        # The trusted side's size cap for each output file: a bigger file is reported, not shipped.
+        self.file_caps = {str(k): int(v) for k, v in orders.get("file_caps", {}).items()}
         # Descriptors only the runner may use: closed in every child before candidate code runs.
         self.private_fds = [self.results_fd] + [int(fd) for fd in orders.get("private_fds", [])]
         self.child_seconds = float(orders["child_seconds"])
@@ -233,6 +235,7 @@ class Runner:
         by the kernel (never through this process's memory). Then wipe the trial's traces."""
         out = os.path.join(work, "out")
         files = []
+        oversized = []
         for name in names:
             path = os.path.join(out, name)
             try:
@@ -241,6 +244,10 @@ class Runner:
                 continue
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
+                os.close(fd)
+                continue
+            if st.st_size > self.file_caps.get(name, st.st_size):
+                oversized.append([name, st.st_size])
                 os.close(fd)
                 continue
             files.append((name, fd, st.st_size))
@@ -256,7 +263,8 @@ class Runner:
             spans.append((max(spans[0][1], log_size - 2 * LOG_KEEP // 3), log_size))
         log_len = sum(b - a for a, b in spans)
         # Files as an ordered list: their bytes follow the header in exactly this order.
-        header = dict(seen, files=[[name, size] for name, _fd, size in files], log_bytes=log_size, log_shipped=log_len)
+        header = dict(seen, files=[[name, size] for name, _fd, size in files], oversized=oversized,
+                      log_bytes=log_size, log_shipped=log_len)
         os.write(self.results_fd, RECORD_MAGIC + json.dumps(header, sort_keys=True).encode() + b"\n")
         for _name, fd, size in files:
             _send_all(self.results_fd, fd, 0, size)
@@ -506,22 +514,31 @@ class ComputeMeter:
                 "optimizer_steps": self.optimizer_steps}
 
 
+def sketch_positions(key: str, name: str, size: int, coords: int) -> list[int]:
+    """Positions drawn with hashlib only: numpy's and torch's generators are mixed with the trial's
+    key by now, and the positions must be the same for every seed of a run."""
+    if size <= coords:
+        return list(range(size))
+    picked: set[int] = set()
+    i = 0
+    while len(picked) < coords:
+        picked.add(int.from_bytes(hashlib.sha256(f"{key}|{name}|{i}".encode()).digest()[:8], "little") % size)
+        i += 1
+    return sorted(picked)
+
+
 def weight_sketch(module, key: str, tensors: int = 32, coords: int = 64) -> dict:
     """A few coordinates of each floating-point tensor of the model's state (at most ``tensors``
     tensors), at positions drawn from ``key`` (the same for every seed of a run), so the trusted side
     can tell weights that vary with the seed from one fixed draw."""
-    import numpy as np
-
     out = {}
     for name, tensor in list(module.state_dict().items()):
         if len(out) >= tensors:
             break
         if not tensor.is_floating_point() or tensor.numel() == 0:
             continue
-        flat = tensor.detach().reshape(-1).float().cpu().numpy()
-        rng = np.random.Generator(np.random.PCG64(derive(key, "sketch|" + name)))
-        idx = rng.choice(flat.size, size=min(coords, flat.size), replace=False)
-        out[name] = [float(v) for v in flat[np.sort(idx)]]
+        flat = tensor.detach().reshape(-1).float().cpu()
+        out[name] = [float(flat[i]) for i in sketch_positions(key, name, flat.numel(), coords)]
     return out
 
 
