@@ -2,10 +2,12 @@
 
 Two levels, chosen per machine and named in every record:
 
-* ``bubblewrap``: a fresh mount namespace that shows only what a trial needs (the Python
-  runtime read-only, the named mounts, a size-capped ``/tmp``), no network namespace peers,
-  a PID namespace (when the sandbox's init dies the kernel kills every process in it, so
-  ``setsid`` cannot escape), a cleared environment.
+* ``bubblewrap``: a fresh mount namespace that shows only what a trial needs (an allow-listed
+  Python view, read-only: see sandbox/pyview.py; the named mounts; a size-capped ``/tmp``), no
+  network namespace peers, a PID namespace (when the sandbox's init dies the kernel kills every
+  process in it, so ``setsid`` cannot escape), a cleared environment, a seccomp filter
+  (sandbox/seccomp.py) and, when autoresearch runs as root, an unprivileged uid where the host
+  allows it.
 * ``none``: a new session, a cleared environment and rlimits only. Candidate code can then
   read anything the user can; reports say so, and ``require_isolation`` refuses this level.
 
@@ -16,10 +18,13 @@ lets us find and kill every process the command started, detached or not.
 
 from __future__ import annotations
 
+import json
 import os
 import resource
+import select
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -27,6 +32,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from autoresearch.sandbox import seccomp
+from autoresearch.sandbox.pyview import DEFAULT_PACKAGES, python_view
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 LOG_HEAD_BYTES = 16 * 1024
@@ -109,6 +117,152 @@ def bubblewrap_works() -> bool:
         except (OSError, subprocess.TimeoutExpired):
             _BWRAP_WORKS[path] = False
     return _BWRAP_WORKS[path]
+
+
+# What candidate code runs as when autoresearch runs as root: nobody (uid and gid).
+SANDBOX_UID = 65534
+_UNPRIVILEGED: dict[str, int | None] = {}
+
+
+class SandboxUnreadable(RuntimeError):
+    """Something the sandbox must read is not readable by the uid it runs candidate code as."""
+
+
+def unprivileged_uid() -> int | None:
+    """SANDBOX_UID when autoresearch runs as root and this host lets root map it into the
+    sandbox's user namespace (tried once), else None. (An ordinary user's sandbox already runs as
+    that user; where the mapping fails a root sandbox stays uid 0 without capabilities.)"""
+    if os.geteuid() != 0 or not bubblewrap_works():
+        return None
+    path = bubblewrap_path()
+    if path not in _UNPRIVILEGED:
+        # The real mechanism on the standard library's view: a mapping that works for `true` but not
+        # for what the sandbox runs would only move the failure into every trial.
+        probe, _, _ = build_command([sys.executable, "-I", "-S", "-c", "import os; print(os.getuid(), os.getgid(), "
+                                     "os.getgroups())"], [], isolation="bubblewrap", limits=Limits(), env={}, cwd="/",
+                                    packages=(), uid=SANDBOX_UID)
+        ok = False
+        try:
+            proc = _popen_mapped(probe, SANDBOX_UID, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            try:
+                out, _ = proc.communicate(timeout=20)
+                ok = proc.returncode == 0 and out.split() == [str(SANDBOX_UID).encode()] * 2 + [b"[]"]
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        except OSError:
+            pass
+        _UNPRIVILEGED[path] = SANDBOX_UID if ok else None
+    return _UNPRIVILEGED[path]
+
+
+def _popen_mapped(cmd: list[str], uid: int, **popen_kwargs) -> subprocess.Popen:
+    """Start bubblewrap (``cmd``) with a user namespace that maps root to root, for the setup
+    (binding paths under a 0700 /root needs the host's root), and ``uid`` to itself, for the
+    command (_DROP_TO_UID switches to it). bubblewrap reports its child's pid on --info-fd and waits
+    on --userns-block-fd while we, as root outside, write the maps."""
+    info_r, info_w = os.pipe()
+    block_r, block_w = os.pipe()
+    try:
+        cmd = [cmd[0], "--unshare-user", "--info-fd", str(info_w), "--userns-block-fd", str(block_r), *cmd[1:]]
+        popen_kwargs["pass_fds"] = tuple(popen_kwargs.get("pass_fds", ())) + (info_w, block_r)
+        proc = subprocess.Popen(cmd, **popen_kwargs)
+    except BaseException:
+        os.close(info_r)
+        os.close(block_w)
+        raise
+    finally:
+        os.close(info_w)
+        os.close(block_r)
+    try:
+        info = b""
+        deadline = time.monotonic() + 30
+        while (left := deadline - time.monotonic()) > 0 and select.select([info_r], [], [], left)[0]:
+            chunk = os.read(info_r, 4096)
+            if not chunk:
+                break
+            info += chunk
+        pid = int(json.loads(info)["child-pid"])
+        for name in ("uid_map", "gid_map"):
+            with open(f"/proc/{pid}/{name}", "w") as f:
+                f.write(f"0 0 1\n{uid} {uid} 1\n")
+    except (OSError, ValueError, KeyError, TypeError):
+        # bubblewrap failed before reporting (its message is in the command's log) or the map was
+        # refused: the command then cannot switch to uid and fails; it never runs as anything else.
+        pass
+    finally:
+        os.close(info_r)
+        try:
+            os.write(block_w, b"1")
+        except OSError:
+            pass
+        os.close(block_w)
+    return proc
+
+
+def _unreadable(root: str, uid: int) -> str | None:
+    """The first path under root (root included) that uid, with gid uid and no other groups,
+    cannot read (folders: read and search), or None. What uid owns is left out: a sandbox wrote it
+    (a train phase's checkpoint folder, say), so an unreadable one is the candidate's doing, which
+    its trial answers for, not a setup error that should stop the run."""
+    def allowed(st: os.stat_result, want: int) -> bool:
+        if st.st_uid == uid:
+            return True
+        bits = st.st_mode >> 3 if st.st_gid == uid else st.st_mode
+        return bits & want == want
+
+    try:
+        st = os.stat(root)
+    except OSError:
+        return root
+    if not stat.S_ISDIR(st.st_mode):
+        return None if allowed(st, 4) else root
+    if not allowed(st, 5):
+        return root
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode) and not allowed(st, 5) or stat.S_ISREG(st.st_mode) and not allowed(st, 4):
+                return path
+    return None
+
+
+_READABLE_VIEW: set[str] = set()  # view paths found readable once (installed files do not change under us)
+
+
+def check_readable(uid: int, view_paths: list[str], mounts: list[Mount]) -> None:
+    """Raise SandboxUnreadable, naming the path, when uid cannot read what the sandbox shows."""
+    todo = [(p, True) for p in view_paths if p not in _READABLE_VIEW] + [(str(m.host), False) for m in mounts
+                                                                         if not m.writable]
+    for path, cached in todo:
+        bad = _unreadable(path, uid)
+        if bad is not None:
+            try:
+                st = os.stat(bad)
+                what = f"mode {stat.filemode(st.st_mode)}, owner {st.st_uid}:{st.st_gid}"
+            except OSError:
+                what = "missing"
+            raise SandboxUnreadable(
+                f"the sandbox runs candidate code as uid {uid} (autoresearch runs as root), and uid {uid} cannot "
+                f"read {bad} ({what}), which the sandbox shows. Make it world-readable (e.g. chmod -R o+rX on the "
+                "folder, and a umask of 022 when creating files there) or run autoresearch as an ordinary user")
+        if cached:
+            _READABLE_VIEW.add(path)
+
+
+def hand_over_writable(uid: int, mounts: list[Mount]) -> None:
+    """Give the writable mounts (and what is in them) to uid: the sandbox writes there as uid."""
+    for m in mounts:
+        if not m.writable:
+            continue
+        os.chown(m.host, uid, uid)
+        for dirpath, dirnames, filenames in os.walk(m.host):
+            for name in dirnames + filenames:
+                os.lchown(os.path.join(dirpath, name), uid, uid)
 
 
 def isolation_level(require: bool = False) -> str:
@@ -252,37 +406,41 @@ class _Cgroup:
 # --------------------------------------------------------------------------- command line
 
 
-def _runtime_mounts() -> list[str]:
-    """Read-only binds for the Python runtime and system libraries, nothing else of the host."""
+def _parent_dirs(dests: list[str]) -> list[str]:
+    """``--dir`` arguments, mode 0755, for every folder above ``dests`` (parents first). bubblewrap
+    makes the parents it needs with mode 0700, which only root could then pass through."""
+    parents: set[str] = set()
+    for dest in dests:
+        parent = os.path.dirname(os.path.normpath(dest))
+        while parent not in ("/", "/tmp", ""):  # / and /tmp exist already, with their own modes
+            parents.add(parent)
+            parent = os.path.dirname(parent)
     args: list[str] = []
-    seen: set[str] = set()
-
-    def ro(path: str) -> None:
-        real = os.path.realpath(path)
-        for p in {path, real}:
-            if p not in seen and os.path.exists(p):
-                seen.add(p)
-                args.extend(["--ro-bind", p, p])
-
-    for p in ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc/ld.so.cache", "/etc/ld.so.conf",
-              "/etc/ld.so.conf.d", "/etc/alternatives", "/sys/devices/system/cpu"):
-        if os.path.exists(p) and not os.path.islink(p):
-            ro(p)
-        elif os.path.islink(p):
-            args.extend(["--symlink", os.readlink(p), p])
-    for p in {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))}:
-        ro(p)
-    # Datasets bundled with installed packages hold the labels of public benchmarks (sklearn's
-    # digits are this project's default data): a candidate that can read them can look up the
-    # held-out labels from the test inputs. Cover them with an empty, read-only tmpfs.
-    for path in masked_data_dirs():
-        args.extend(["--size", "4096", "--tmpfs", path, "--remount-ro", path])
+    for parent in sorted(parents, key=lambda p: (p.count("/"), p)):
+        args += ["--perms", "0755", "--dir", parent]
     return args
 
 
-# Package data folders that ship labelled datasets, relative to the package folder. (Downloaded
-# dataset caches, e.g. ~/.cache/huggingface or ~/scikit_learn_data, are never mounted at all.)
-MASKED_PACKAGE_DATA = {"sklearn": ("datasets/data", "datasets/descr", "datasets/images")}
+def _runtime_mounts(packages: tuple[str, ...], dests: list[str]) -> list[str]:
+    """Read-only binds for the Python view (sandbox/pyview.py: the interpreter, its standard
+    library, the system's shared libraries and only the allowed distributions), nothing else.
+    What they create inside is added to ``dests``."""
+    view = python_view(tuple(packages))
+    dests += view.dests
+    args = list(view.args)
+    if os.path.isdir("/sys/devices/system/cpu"):  # CPU topology for thread pools (OpenMP, MKL read it)
+        dests.append("/sys/devices/system/cpu")
+        args += ["--ro-bind", "/sys/devices/system/cpu", "/sys/devices/system/cpu"]
+    # Defence in depth: should a benchmark allow a package that bundles a labelled dataset, its
+    # data folder is still shown empty.
+    for path in masked_data_dirs():
+        if any(path == s or path.startswith(s + os.sep) for s in view.sources):
+            args.extend(["--size", "4096", "--tmpfs", path, "--remount-ro", path])
+    return args
+
+
+# Package data folders that ship labelled datasets, relative to the package folder.
+MASKED_PACKAGE_DATA = {"sklearn": ("datasets/data", "datasets/descr", "datasets/images"), "mlxtend": ("data/data",)}
 
 
 def masked_data_dirs() -> list[str]:
@@ -297,7 +455,7 @@ def masked_data_dirs() -> list[str]:
             continue
         for loc in (spec.submodule_search_locations or []) if spec else []:
             for sub in subdirs:
-                path = os.path.realpath(os.path.join(loc, sub))
+                path = os.path.join(loc, sub)
                 if os.path.isdir(path):
                     found.append(path)
     return sorted(set(found))
@@ -322,18 +480,40 @@ def _python_sandbox_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
+# Run inside the sandbox before the command when it is to run as an unprivileged uid: bubblewrap
+# sets up the view as root (it must reach paths under e.g. a 0700 /root), then this drops to the
+# uid (and with it every capability) and runs the command. It runs after the seccomp filter is in
+# place and before any candidate code exists.
+_DROP_TO_UID = ("import os, sys; uid, gid = int(sys.argv[1]), int(sys.argv[2]); os.setgroups([]); "
+                "os.setresgid(gid, gid, gid); os.setresuid(uid, uid, uid); os.execvp(sys.argv[3], sys.argv[3:])")
+
+
 def build_command(argv: list[str], mounts: list[Mount], *, isolation: str, limits: Limits,
-                  env: dict[str, str], cwd: str, devices: list[str] = ()) -> tuple[list[str], dict[str, str], str | None]:
-    """Returns (argv to exec, environment, host cwd)."""
+                  env: dict[str, str], cwd: str, devices: list[str] = (),
+                  packages: tuple[str, ...] = DEFAULT_PACKAGES, uid: int | None = None,
+                  fds: list[int] | None = None) -> tuple[list[str], dict[str, str], str | None]:
+    """Returns (argv to exec, environment, host cwd).
+
+    ``packages``: the distributions the sandbox shows (plus their requirements; sandbox/pyview.py).
+    ``uid``: run the command as this uid and gid (run_sandboxed maps it into the sandbox's user
+    namespace; see ``unprivileged_uid``). ``fds``: the seccomp filter is opened here and its
+    descriptor appended, for the caller to pass to bubblewrap and close; without it the command
+    has no filter (a command to look at, not to run)."""
     full_env = _python_sandbox_env(env)
     if isolation == "bubblewrap":
         cmd = [bubblewrap_path() or "bwrap", "--unshare-all", "--die-with-parent", "--new-session",
                "--clearenv", "--hostname", "sandbox", "--cap-drop", "ALL"]
+        if uid is not None:
+            cmd += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]  # for _DROP_TO_UID only
         # /tmp first: the Python runtime may itself live under /tmp (a CI clone's venv), and a later
-        # tmpfs would hide it.
-        cmd += ["--size", str(limits.tmp_bytes), "--tmpfs", "/tmp"]
-        cmd += _runtime_mounts()
-        cmd += ["--proc", "/proc", "--dev", "/dev"]
+        # tmpfs would hide it. Mode 1777: writable whatever uid the command runs as.
+        cmd += ["--perms", "1777", "--size", str(limits.tmp_bytes), "--tmpfs", "/tmp"]
+        dests = [m.inside for m in mounts] + list(devices)
+        runtime = _runtime_mounts(tuple(packages), dests)
+        cmd += _parent_dirs(dests) + runtime
+        # /dev/shm: bubblewrap's own is root's; a fresh one any uid can write (memory: charged to
+        # the memory cgroup like any page the sandbox uses).
+        cmd += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/dev/shm"]
         # The sandbox's root is the host's root with capabilities dropped, and sysctls check only the
         # file mode: bwrap does not always cover /proc/sys, so cover it (and its kin) read-only here.
         for sub in PROC_READ_ONLY:
@@ -348,6 +528,13 @@ def build_command(argv: list[str], mounts: list[Mount], *, isolation: str, limit
             cmd += ["--bind" if m.writable else "--ro-bind", str(m.host), m.inside]
         for key, value in full_env.items():
             cmd += ["--setenv", key, value]
+        if fds is not None:
+            filter_fd = seccomp.filter_fd()
+            if filter_fd is not None:
+                fds.append(filter_fd)
+                cmd += ["--seccomp", str(filter_fd)]
+        if uid is not None:
+            argv = [sys.executable, "-I", "-S", "-c", _DROP_TO_UID, str(uid), str(uid), *argv]
         # The sandbox's own root is a tmpfs; make it read-only so that only the size-capped /tmp
         # and the named writable mounts take writes.
         cmd += ["--remount-ro", "/", "--chdir", cwd, "--"]
@@ -365,6 +552,19 @@ def build_command(argv: list[str], mounts: list[Mount], *, isolation: str, limit
     return [host_path(a) for a in argv], {k: host_path(v) for k, v in full_env.items()}, host_path(cwd)
 
 
+def _kernel_notes(isolation: str, uid: int | None, *, filtered: bool) -> list[str]:
+    """What the record must say where the sandbox is weaker than SECURITY.md's default."""
+    if isolation != "bubblewrap":
+        return []
+    notes = []
+    if uid is None and os.geteuid() == 0:
+        notes.append("candidate code ran as root (uid 0, no capabilities): this host does not let root map an "
+                     f"unprivileged uid ({SANDBOX_UID}) into the sandbox's user namespace")
+    if not filtered:
+        notes.append(f"no seccomp filter: none is written for this architecture ({os.uname().machine})")
+    return notes
+
+
 def _dir_size(paths: list[Path]) -> int:
     total = 0
     for root in paths:
@@ -380,16 +580,26 @@ def _dir_size(paths: list[Path]) -> int:
 def run_sandboxed(argv: list[str], *, mounts: list[Mount], limits: Limits, isolation: str,
                   env: dict[str, str] | None = None, cwd: str = "/tmp",
                   devices: list[str] = (), stdin_data: bytes | None = None,
-                  pass_fds: tuple[int, ...] = ()) -> SandboxResult:
+                  pass_fds: tuple[int, ...] = (), packages: tuple[str, ...] = DEFAULT_PACKAGES) -> SandboxResult:
     """Run argv (inside paths) under isolation with limits; never raises for the command's own failure.
 
     ``stdin_data`` is written to the command's stdin (then closed): how the trusted side hands a
     harness its instructions without putting them in argv or the environment. ``pass_fds`` are
     host file descriptors kept open, with the same numbers, inside the sandbox (e.g. a results
-    file the harness writes to and no path inside the sandbox names)."""
+    file the harness writes to and no path inside the sandbox names). ``packages``: the Python
+    distributions the sandbox shows, with their requirements (sandbox/pyview.py).
+
+    Raises SandboxUnreadable (before starting anything) when the sandbox runs as an unprivileged
+    uid that cannot read what it must show, and pyview.PackageNotInstalled for a missing package."""
     t_start = time.monotonic()
+    uid = unprivileged_uid() if isolation == "bubblewrap" else None
+    if uid is not None:
+        check_readable(uid, list(python_view(tuple(packages)).sources), mounts)
+        hand_over_writable(uid, mounts)
+    filter_fds: list[int] = []
     cmd, proc_env, host_cwd = build_command(argv, mounts, isolation=isolation, limits=limits,
-                                            env=env or {}, cwd=cwd, devices=list(devices))
+                                            env=env or {}, cwd=cwd, devices=list(devices), packages=tuple(packages),
+                                            uid=uid, fds=filter_fds)
     cgroup = _Cgroup(limits)
     # Without a memory cgroup, RLIMIT_AS caps memory, except on a GPU: CUDA reserves far more
     # virtual address space than it uses, and fails to initialise under any realistic RLIMIT_AS.
@@ -415,11 +625,17 @@ def run_sandboxed(argv: list[str], *, mounts: list[Mount], limits: Limits, isola
                      "processes capped by RLIMIT_NPROC")
     elif "memory" not in cgroup.dirs and not use_rlimit_as:
         notes.append("memory cgroup unavailable: host memory NOT capped (a GPU trial: RLIMIT_AS would break CUDA)")
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL if stdin_data is None else subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env=proc_env if isolation != "bubblewrap" else {"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-                            cwd=host_cwd, preexec_fn=preexec, close_fds=True, pass_fds=tuple(pass_fds))
+    popen_kwargs = dict(stdin=subprocess.DEVNULL if stdin_data is None else subprocess.PIPE,
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                        env=proc_env if isolation != "bubblewrap" else {"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+                        cwd=host_cwd, preexec_fn=preexec, close_fds=True, pass_fds=tuple(pass_fds) + tuple(filter_fds))
+    try:
+        proc = _popen_mapped(cmd, uid, **popen_kwargs) if uid is not None else subprocess.Popen(cmd, **popen_kwargs)
+    finally:
+        for fd in filter_fds:
+            os.close(fd)
     start_seconds = time.monotonic() - t_start
+    notes.extend(_kernel_notes(isolation, uid, filtered=bool(filter_fds)))
     if stdin_data is not None:
         threading.Thread(target=_feed_stdin, args=(proc, stdin_data), daemon=True).start()
 
