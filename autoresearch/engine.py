@@ -30,7 +30,8 @@ from autoresearch.integrity import memorisation, seed_ignored, transductive
 from autoresearch.ledger import Ledger, LedgerError, dumps
 from autoresearch.records import RunRepo
 from autoresearch.sandbox.executors import pin_request
-from autoresearch.sandbox.isolation import isolation_level
+from autoresearch.sandbox.isolation import SandboxUnreadable, isolation_level
+from autoresearch.sandbox.pyview import PackageNotInstalled
 from autoresearch.sandbox.trial import Budget, TrialOutput, TrialRequest, TrialStatus, run_trials
 from autoresearch.scoring import Metric, PredictionError, parse_predictions, score_logits
 from autoresearch.secondary import secondary_from_logits
@@ -688,8 +689,11 @@ STORAGE_ERRNOS = (28, 30, 13, 122)  # ENOSPC, EROFS, EACCES, EDQUOT: the host's 
 
 
 def _reraise_storage(exc: BaseException) -> None:
-    """Storage and ledger failures stop the run (resume after fixing the disk); nothing else does."""
-    if isinstance(exc, LedgerError) or (isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS):
+    """Failures of the host, not of the proposal, stop the run (resume after fixing them): storage
+    and the ledger, a sandbox that cannot be set up (unreadable files, a package missing from the
+    environment). Nothing else does."""
+    if isinstance(exc, (LedgerError, SandboxUnreadable, PackageNotInstalled)) or \
+            (isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS):
         raise exc
 
 

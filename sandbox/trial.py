@@ -291,7 +291,7 @@ def run_trials(req: TrialRequest) -> list[TrialOutput]:
             mounts=common + [Mount(host=Path(req.train_data), inside="/sandbox/data")] + tmp_mounts,
             limits=limits(req.train_seconds, len(slots), train_cap), isolation=req.isolation, env=train_env,
             cwd=inside(req.workspace, "/sandbox/repo"), devices=req.devices,
-            stdin_data=json.dumps(orders).encode(), pass_fds=(fd,))
+            stdin_data=json.dumps(orders).encode(), pass_fds=(fd,), packages=req.packages)
     finally:
         os.close(fd)
     records, problem = read_records(train_file, allowed_files=train_caps, slots=set(slots))
@@ -353,7 +353,7 @@ def run_trials(req: TrialRequest) -> list[TrialOutput]:
                 mounts=common + [Mount(host=Path(req.predict_data), inside="/sandbox/data")] + tmp_mounts,
                 limits=limits(req.predict_seconds, len(trained), predict_cap), isolation=req.isolation,
                 env=predict_env, cwd=inside(req.workspace, "/sandbox/repo"), devices=req.devices,
-                stdin_data=json.dumps(orders).encode(), pass_fds=(fd, ckpt_fd))
+                stdin_data=json.dumps(orders).encode(), pass_fds=(fd, ckpt_fd), packages=req.packages)
         finally:
             os.close(fd)
             os.close(ckpt_fd)

@@ -18,7 +18,7 @@ from autoresearch.datasets import encode_text_bytes
 from autoresearch.sandbox.isolation import isolation_level
 from autoresearch.sandbox.trial import run_trials
 from trial_fakes import make_request
-from conftest import AUTORESEARCH, REPO_ROOT, proposal_line
+from conftest import AUTORESEARCH, proposal_line
 
 pytestmark = pytest.mark.slow
 

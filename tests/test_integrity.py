@@ -6,7 +6,6 @@ of the labels, a longer training loop, training in the predict phase, answer key
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import subprocess
 import sys
@@ -16,7 +15,6 @@ import numpy as np
 import pytest
 
 from autoresearch.benchmark import load_benchmark, materialise_splits
-from autoresearch.datasets import Split
 from autoresearch.integrity import (IntegritySpec, build_predict_set, literal_tables, memorisation, perturb,
                                     seed_ignored, transductive, weight_variation)
 from autoresearch.seeding import derived_key, draw_seeds, trial_key

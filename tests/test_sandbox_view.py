@@ -13,7 +13,6 @@ import importlib.util
 import json
 import sys
 import textwrap
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -25,19 +24,15 @@ from autoresearch.sandbox.isolation import Limits, Mount, bubblewrap_works, run_
 
 needs_bwrap = pytest.mark.skipif(not bubblewrap_works(), reason="bubblewrap is not usable on this machine")
 
-# The package sets the benchmarks need inside the sandbox until their specs say so themselves
-# (`[sandbox] packages = [...]`, read first when present).
-PACKAGES = {"sst2-transformer": ("numpy", "torch", "transformers")}
-
-
 def packages_for(name: str) -> tuple[str, ...]:
-    raw = tomllib.loads((Path(load_benchmark(name).root) / "spec.toml").read_text())
-    return tuple(raw.get("sandbox", {}).get("packages", PACKAGES.get(name, pyview.DEFAULT_PACKAGES)))
+    """What a trial of the benchmark is given (engine._request): numpy, torch and the spec's [sandbox] packages."""
+    return ("numpy", "torch", *load_benchmark(name).spec.sandbox.packages)
 
 
 def phase_mounts(phase: str, bench, public_dir: Path, tmp: Path) -> list[Mount]:
     """Mounts shaped like a trial phase's (sandbox/trial.py): the candidate repo and the harness
-    read-only, this phase's data read-only at /sandbox/data, a writable output folder."""
+    read-only, this phase's data read-only at /sandbox/data (results leave through a descriptor;
+    this scan gets a writable folder for its own output)."""
     ws = tmp / "ws"
     if not ws.exists():
         ws.mkdir()
@@ -132,12 +127,15 @@ def scan_spec(phase: str, public_dir: Path, labels_dir: Path) -> dict:
         y = np.load(path)
         patterns[f"{split} labels as int64"] = middle(y.astype("<i8").tobytes(), 512).hex()
         patterns[f"{split} labels as uint8"] = middle(y.astype(np.uint8).tobytes(), 256).hex()
+    for layout in labels_dir.glob("*_rows.npy"):  # where each split sits in the predict set
+        hashes[sha256(layout)] = f"predict set layout {layout.name}"
     if phase == "train":
-        x = np.load(public_dir / "predict" / "test_x.npy")
+        test_rows = np.load(labels_dir / "test_rows.npy")
+        x = np.load(public_dir / "predict" / "inputs.npy")[test_rows]
         patterns["test inputs"] = middle(np.ascontiguousarray(x).tobytes(), 4096).hex()
         hashes[sha256(public_dir / "train" / "train_y.npy")] = "control: train labels"
     else:
-        hashes[sha256(public_dir / "predict" / "test_x.npy")] = "control: test inputs"
+        hashes[sha256(public_dir / "predict" / "inputs.npy")] = "control: the predict set (inputs only)"
     return {"hashes": hashes, "patterns": patterns}
 
 
@@ -148,7 +146,7 @@ def prepared(tmp_path_factory):
     def get(name: str):
         if name not in cache:
             bench = load_benchmark(name)
-            cache[name] = (bench, prepare_data(bench, tmp_path_factory.mktemp(name)))
+            cache[name] = (bench, prepare_data(bench, tmp_path_factory.mktemp(name), "9a" * 32))
         return cache[name]
     return get
 

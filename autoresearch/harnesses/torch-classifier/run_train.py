@@ -25,7 +25,6 @@ sys.path.pop(0)  # candidate code must not import the harness's modules by name
 
 
 def train_one(work: str, orders: dict, trial: dict, x_np, y_np) -> int:
-    import numpy as np
     import torch
 
     config = orders["config"]

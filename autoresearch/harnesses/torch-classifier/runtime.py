@@ -40,6 +40,14 @@ def read_orders() -> dict:
     orders = json.loads(data)
     if orders.get("protocol") != PROTOCOL:
         raise SystemExit(f"harness: protocol {orders.get('protocol')!r} is not {PROTOCOL}")
+    # Whatever else the layers above left open (the sandbox's own set-up pipes) is no one's business here.
+    keep = {0, 1, 2, int(orders["results_fd"]), *(int(fd) for fd in orders.get("private_fds", []))}
+    for fd in [int(n) for n in os.listdir("/proc/self/fd") if n.isdigit()]:
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:  # the listing's own descriptor, already gone
+                pass
     return orders
 
 
