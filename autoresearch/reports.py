@@ -60,11 +60,20 @@ def report_name(record: "ProposalRecord") -> str:
     return f"{record.idx:03d}-{slugify(record.title)}.md"
 
 
+def _examples(t: "TrialRecord | None") -> str:
+    """Examples through the model in training (gradients on), as the harness counted them."""
+    n = _field(t.summary, "train_report", "compute", "train_examples") if t is not None else None
+    return f"{n:,}" if isinstance(n, int) and not isinstance(n, bool) else "-"
+
+
 def _seed_table(record: "ProposalRecord", metric: str) -> str:
+    """Per seed: the metric (test, val), what the harness counted (examples through the model in
+    training) and the train child's CPU seconds (measured by the runner, outside the child),
+    candidate beside incumbent: a change that buys its gain with more compute shows here."""
     inc = {t.seed: t for t in record.incumbent_trials}
     rows = [f"| seed | candidate test {metric} | incumbent test {metric} | difference | candidate val | "
-            "incumbent val | candidate status | train s | predict s |",
-            "|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+            "incumbent val | candidate status | examples trained (cand / inc) | train CPU s (cand / inc) | predict s |",
+            "|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
     for t in record.candidate_trials:
         i = inc.get(t.seed)
         diff = None
@@ -74,9 +83,46 @@ def _seed_table(record: "ProposalRecord", metric: str) -> str:
             diff = t.test_metric - i.test_metric
         rows.append(f"| {t.seed} | {_fmt(t.test_metric)} | {_fmt(i.test_metric if i else None)} | {_signed(diff)} | "
                     f"{_fmt(t.val_metric)} | {_fmt(i.val_metric if i else None)} | {t.status}"
-                    f"{' (cached)' if t.cached else ''} | {_fmt(_field(t.summary, 'train', 'run'), 2)} | "
+                    f"{' (cached)' if t.cached else ''} | {_examples(t)} / {_examples(i)} | "
+                    f"{_fmt(_field(t.summary, 'train', 'cpu'), 2)} / "
+                    f"{_fmt(_field(i.summary, 'train', 'cpu') if i else None, 2)} | "
                     f"{_fmt(_field(t.summary, 'predict', 'run'), 2)} |")
     return "\n".join(rows)
+
+
+def _integrity_section(record: "ProposalRecord", engine: "RunEngine") -> list[str]:
+    """What the integrity checks found (autoresearch.integrity), stated whatever the decision."""
+    from autoresearch.integrity import literal_tables
+
+    rules = engine.bench.spec.integrity
+    lines = ["## Integrity checks", ""]
+    mem = record.integrity.get("memorisation") if isinstance(record.integrity, dict) else None
+    if rules.perturbation == "none":
+        lines.append("- answer keys: this benchmark's inputs have no perturbed copies (`perturbation = \"none\"`); "
+                     "the memorisation check is off")
+    elif isinstance(mem, dict):
+        lines.append(f"- answer keys: {markdown_inline(str(mem.get('detail', '')), 400)}")
+    else:
+        lines.append("- answer keys: not checked (the proposal did not reach the gate)")
+    lines.append(f"- transductive prediction: {'allowed by the spec' if rules.transductive else 'not allowed; a '}"
+                 + ("" if rules.transductive else f"{rules.check_rows}-row check pass in another order and batch "
+                                                  "size must match"))
+    lines.append("- seeds: the weights must vary with the seed (`seed_ignored` otherwise); the seed is never handed "
+                 "to candidate code")
+    b = engine.bench.spec.budget
+    lines.append(f"- budget: at most {b.epochs} x {engine.data.counts['train']:,} examples through the model with "
+                 f"gradients on (+{rules.budget_tolerance:.0%}), {rules.eval_epochs:g} epoch(s) with gradients off, "
+                 f"a checkpoint of at most {rules.max_checkpoint_mb:g} MB, no training in the predict phase")
+    if record.diff and record.commit:
+        try:
+            old = engine.repo.files_at(engine.ledger.proposal(engine.run_id, record.idx)["parent_commit"])
+            tables = literal_tables(old, engine.repo.files_at(record.commit))
+        except Exception:  # the report must not die on a repo it cannot read; the diff above stands
+            tables = []
+        if tables:
+            lines.append("- **large literal data added** (what an answer key looks like): "
+                         + "; ".join(markdown_inline(t, 200) for t in tables[:10]))
+    return lines + [""]
 
 
 def _gate_section(gate: GateResult, engine: "RunEngine") -> str:
@@ -168,6 +214,7 @@ def write_proposal_report(engine: "RunEngine", record: "ProposalRecord") -> Path
         lines += ["## Gate", "", _gate_section(record.gate, engine), ""]
     if trials:
         lines += _secondary_section(record, engine)
+    lines += _integrity_section(record, engine)
     lines += [
         "## Protocol",
         "",

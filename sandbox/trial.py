@@ -264,10 +264,13 @@ def run_trials(req: TrialRequest) -> list[TrialOutput]:
 
     def limits(seconds_per_seed: float, count: int, file_cap: int) -> Limits:
         wall = req.grace_seconds + count * (seconds_per_seed + CHILD_GRACE_SECONDS + 1.0)
+        tmp_bytes = max(256 * 1024**2, 3 * req.budget.checkpoint_bytes + 64 * 1024**2)
+        # RLIMIT_FSIZE is one limit for every file of every process: the results file (bounded by
+        # the runner's per-file caps) and what a child writes to its size-capped /tmp alike. An
+        # over-large file must reach the runner's cap check, not kill the write that makes it.
         return Limits(wall_seconds=wall, cpu_seconds=int(4 * wall) + 30, memory_bytes=req.memory_bytes,
-                      max_processes=req.max_processes, max_file_bytes=file_cap,
-                      tmp_bytes=max(256 * 1024**2, 3 * req.budget.checkpoint_bytes + 64 * 1024**2),
-                      max_output_bytes=file_cap)
+                      max_processes=req.max_processes, max_file_bytes=max(file_cap, tmp_bytes),
+                      tmp_bytes=tmp_bytes, max_output_bytes=file_cap)
 
     common = [Mount(host=Path(req.workspace), inside="/sandbox/repo"),
               Mount(host=Path(req.harness), inside="/sandbox/harness")]
