@@ -353,7 +353,8 @@ def benchmarks(as_json):
 def doctor():
     """Check what this machine offers: isolation, cgroups, GPU, versions, the local LLM."""
     from autoresearch import envinfo
-    from autoresearch.sandbox.isolation import CGROUP_ROOT, bubblewrap_path, bubblewrap_works
+    from autoresearch.sandbox.cgroups import CGROUP_ROOT
+    from autoresearch.sandbox.isolation import bubblewrap_path, bubblewrap_works
 
     bw = bubblewrap_path()
     console.print(f"bubblewrap: {bw or 'not installed'}" + (f" ({'works' if bubblewrap_works() else 'NOT usable'})" if bw else

@@ -112,6 +112,17 @@ def _device_note(trials: list["TrialRecord"]) -> str:
     return "trials: " + ("; ".join(parts) if parts else "-")
 
 
+def _limits_note(trials: list["TrialRecord"]) -> str:
+    """What really capped memory and processes in these trials: the sandbox's own notes."""
+    held: list[str] = []
+    for t in trials:
+        notes = _field(t.summary, "notes")
+        for note in notes[:20] if isinstance(notes, list) else []:
+            if isinstance(note, str) and note.startswith(("memory:", "processes:")) and note not in held:
+                held.append(note[:300])
+    return "; ".join(markdown_inline(n, 200) for n in held[:4]) or "-"
+
+
 def _secondary_section(record: "ProposalRecord", engine: "RunEngine") -> list[str]:
     """Macro-F1 and per-class accuracy on test, beside the gated metric; shown, never gated."""
     inc = {t.seed: _field(t.summary, "secondary") for t in record.incumbent_trials}
@@ -178,6 +189,7 @@ def write_proposal_report(engine: "RunEngine", record: "ProposalRecord") -> Path
         f"- budget: {spec.budget.epochs} epochs, batch {spec.budget.batch_size}, train {spec.budget.train_seconds:g}s + "
         f"predict {spec.budget.predict_seconds:g}s (+{spec.budget.grace_seconds:g}s start-up grace), "
         f"{spec.budget.memory_mb} MiB, {spec.budget.max_processes} processes, {spec.budget.threads} thread(s)",
+        f"- limits that held: {_limits_note(trials)}",
         f"- timings: proposal wall {record.wall_seconds:.1f}s; sandboxed train {train_s:.1f}s, predict {predict_s:.1f}s "
         f"(candidate trials run now)",
         f"- isolation: **{engine.isolation}**" + ("" if engine.isolation == "bubblewrap" else

@@ -9,9 +9,10 @@ Two levels, chosen per machine and named in every record:
 * ``none``: a new session, a cleared environment and rlimits only. Candidate code can then
   read anything the user can; reports say so, and ``require_isolation`` refuses this level.
 
-On both levels cgroup v1 ``memory`` and ``pids`` controllers are used when writable (root on
-Linux), which gives an exact memory cap with OOM detection and a process-count cap that also
-lets us find and kill every process the command started, detached or not.
+On both levels a throwaway cgroup (v1 or v2, ``sandbox.cgroups``) is used where this process may
+make one (root on Linux): an exact memory cap with OOM detection and a process-count cap that also
+lets us find and kill every process the command started, detached or not. Each result's notes say
+which mechanism really capped memory and processes.
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-CGROUP_ROOT = Path("/sys/fs/cgroup")
+from autoresearch.sandbox.cgroups import Cgroup, create_cgroup
+
 LOG_HEAD_BYTES = 16 * 1024
 LOG_TAIL_BYTES = 48 * 1024
 
@@ -122,131 +123,37 @@ def isolation_level(require: bool = False) -> str:
     return "none"
 
 
-# --------------------------------------------------------------------------- cgroups
+def _mib(n: int) -> str:
+    return f"{n / 2**20:g} MiB"
 
 
-# A cgroup this old with no process in it was left by a run that was killed before it could clean
-# up. The age keeps the sweep away from a cgroup that another run has just made and not yet joined.
-STALE_CGROUP_SECONDS = 600.0
-_SWEPT: set[Path] = set()
+def limit_notes(cgroup: Cgroup, limits: Limits, *, use_rlimit_as: bool, euid: int | None = None) -> list[str]:
+    """One line for memory and one for processes: the mechanism that really caps each."""
+    euid = os.geteuid() if euid is None else euid
+    if "memory" in cgroup.controllers:
+        knob = "memory.limit_in_bytes" if cgroup.version == 1 else "memory.max"
+        memory = f"memory: cgroup v{cgroup.version} {knob} {_mib(limits.memory_bytes)}"
+    elif use_rlimit_as:
+        memory = f"memory: RLIMIT_AS {_mib(limits.memory_bytes)} (per process, not per tree)"
+    else:
+        memory = "memory: NOT capped (GPU trial, no memory cgroup: RLIMIT_AS would stop CUDA from starting)"
+    if "pids" in cgroup.controllers:
+        processes = f"processes: cgroup v{cgroup.version} pids.max {limits.max_processes}"
+    elif euid == 0:
+        processes = "processes: NOT capped (running as root: the kernel ignores RLIMIT_NPROC for root)"
+    else:
+        processes = (f"processes: RLIMIT_NPROC {limits.max_processes} (counts every process of this user, "
+                     "not only the trial's)")
+    return [memory, processes]
 
 
-def sweep_stale_cgroups(root: Path | None = None, *, max_age: float = STALE_CGROUP_SECONDS) -> int:
-    """Remove our own empty cgroups older than max_age (the kernel refuses to remove a non-empty one)."""
-    removed = 0
-    root = CGROUP_ROOT if root is None else root
-    for controller in ("memory", "pids"):
-        try:
-            entries = list((root / controller).glob("autoresearch-*"))
-        except OSError:
-            continue
-        for path in entries:
-            try:
-                if time.time() - path.stat().st_mtime < max_age or (path / "cgroup.procs").read_text().strip():
-                    continue
-                path.rmdir()
-                removed += 1
-            except OSError:
-                continue
-    return removed
-
-
-class _Cgroup:
-    """A throwaway cgroup v1 pair (memory + pids), or nothing where we may not create one."""
-
-    def __init__(self, limits: Limits):
-        if CGROUP_ROOT not in _SWEPT:  # once per process: what killed runs left behind
-            _SWEPT.add(CGROUP_ROOT)
-            sweep_stale_cgroups()
-        self.name = f"autoresearch-{uuid.uuid4().hex[:12]}"
-        self.dirs: dict[str, Path] = {}
-        for controller in ("memory", "pids"):
-            base = CGROUP_ROOT / controller
-            if not (base / "cgroup.procs").exists():
-                continue
-            path = base / self.name
-            try:
-                path.mkdir()
-                if controller == "memory":
-                    (path / "memory.limit_in_bytes").write_text(str(limits.memory_bytes))
-                    swap = path / "memory.memsw.limit_in_bytes"
-                    if swap.exists():
-                        try:
-                            swap.write_text(str(limits.memory_bytes))
-                        except OSError:
-                            pass
-                else:
-                    (path / "pids.max").write_text(str(limits.max_processes))
-                self.dirs[controller] = path
-            except OSError:
-                if path.exists():
-                    try:
-                        path.rmdir()
-                    except OSError:
-                        pass
-        self.procs_files = [str(d / "cgroup.procs") for d in self.dirs.values()]
-
-    @property
-    def active(self) -> bool:
-        return bool(self.dirs)
-
-    def pids(self) -> list[int]:
-        found: set[int] = set()
-        for d in self.dirs.values():
-            try:
-                found.update(int(x) for x in (d / "cgroup.procs").read_text().split())
-            except OSError:
-                pass
-        return sorted(found)
-
-    def kill_all(self) -> int:
-        """SIGKILL every process in the group until none is left; returns how many were seen."""
-        seen = 0
-        for _ in range(50):
-            pids = self.pids()
-            if not pids:
-                break
-            seen = max(seen, len(pids))
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.02)
-        return seen
-
-    def oom_killed(self) -> bool:
-        d = self.dirs.get("memory")
-        if d is None:
-            return False
-        try:
-            fields = dict(line.split() for line in (d / "memory.oom_control").read_text().splitlines())
-            if int(fields.get("oom_kill", "0")) > 0:
-                return True
-            return int((d / "memory.failcnt").read_text()) > 0 and int(fields.get("under_oom", "0")) > 0
-        except (OSError, ValueError):
-            return False
-
-    def peak_memory(self) -> int | None:
-        d = self.dirs.get("memory")
-        if d is None:
-            return None
-        try:
-            return int((d / "memory.max_usage_in_bytes").read_text())
-        except (OSError, ValueError):
-            return None
-
-    def remove(self) -> None:
-        self.kill_all()
-        for d in self.dirs.values():
-            for _ in range(50):
-                try:
-                    d.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.02)
+def expected_limit_notes(limits: Limits, *, gpu: bool = False) -> list[str]:
+    """What limit_notes will say for a trial started now (for `doctor`): a probe cgroup, made and removed."""
+    cgroup = create_cgroup(limits.memory_bytes, limits.max_processes)
+    try:
+        return limit_notes(cgroup, limits, use_rlimit_as="memory" not in cgroup.controllers and not gpu)
+    finally:
+        cgroup.remove()
 
 
 # --------------------------------------------------------------------------- command line
@@ -390,10 +297,10 @@ def run_sandboxed(argv: list[str], *, mounts: list[Mount], limits: Limits, isola
     t_start = time.monotonic()
     cmd, proc_env, host_cwd = build_command(argv, mounts, isolation=isolation, limits=limits,
                                             env=env or {}, cwd=cwd, devices=list(devices))
-    cgroup = _Cgroup(limits)
+    cgroup = create_cgroup(limits.memory_bytes, limits.max_processes)
     # Without a memory cgroup, RLIMIT_AS caps memory, except on a GPU: CUDA reserves far more
     # virtual address space than it uses, and fails to initialise under any realistic RLIMIT_AS.
-    use_rlimit_as = "memory" not in cgroup.dirs and not devices
+    use_rlimit_as = "memory" not in cgroup.controllers and not devices
 
     def preexec() -> None:  # runs in the child between fork and exec
         os.setsid()
@@ -405,16 +312,10 @@ def run_sandboxed(argv: list[str], *, mounts: list[Mount], limits: Limits, isola
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         if use_rlimit_as:
             resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
-        if not cgroup.dirs.get("pids"):
+        if "pids" not in cgroup.controllers:  # holds for an ordinary user only (see limit_notes)
             resource.setrlimit(resource.RLIMIT_NPROC, (limits.max_processes, limits.max_processes))
 
-    notes: list[str] = []
-    if not cgroup.active:
-        notes.append("cgroups unavailable: memory capped by RLIMIT_AS, processes by RLIMIT_NPROC" if use_rlimit_as else
-                     "cgroups unavailable: host memory NOT capped (a GPU trial: RLIMIT_AS would break CUDA), "
-                     "processes capped by RLIMIT_NPROC")
-    elif "memory" not in cgroup.dirs and not use_rlimit_as:
-        notes.append("memory cgroup unavailable: host memory NOT capped (a GPU trial: RLIMIT_AS would break CUDA)")
+    notes = limit_notes(cgroup, limits, use_rlimit_as=use_rlimit_as)
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL if stdin_data is None else subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env=proc_env if isolation != "bubblewrap" else {"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
