@@ -259,7 +259,9 @@ def write_summary(engine: "RunEngine", headline: dict) -> Path:
              f"- gate: {engine.gate.seeds} paired seeds on test, one-sided paired t, alpha={engine.gate.alpha}, "
              f"m={engine.gate.proposals} (per-test threshold {engine.gate.threshold:.4g}), min_delta={engine.gate.min_delta}, "
              f"min win rate {engine.gate.min_win_rate:.0%}",
-             f"- isolation: {engine.isolation}; device: {engine.env.get('device')}",
+             f"- isolation: **{engine.isolation}**" + ("" if engine.isolation == "bubblewrap" else
+                                                      " (no sandbox: candidate code ran with the user's rights)") +
+             f"; device: {engine.env.get('device')}",
              f"- LLM: {totals['calls']} calls, {totals['prompt_tokens'] + totals['completion_tokens']} tokens, "
              f"~${totals['cost_usd']:.4f}",
              "", "## Headline (re-verified on fresh seeds)", ""]

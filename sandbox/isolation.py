@@ -1,13 +1,15 @@
 """Run one untrusted command with hard limits.
 
-Two levels, chosen per machine and named in every record:
+Two levels, chosen per run and named in every record:
 
-* ``bubblewrap``: a fresh mount namespace that shows only what a trial needs (the Python
-  runtime read-only, the named mounts, a size-capped ``/tmp``), no network namespace peers,
+* ``bubblewrap`` (the default): a fresh mount namespace that shows only what a trial needs (the
+  Python runtime read-only, the named mounts, a size-capped ``/tmp``), no network namespace peers,
   a PID namespace (when the sandbox's init dies the kernel kills every process in it, so
-  ``setsid`` cannot escape), a cleared environment.
-* ``none``: a new session, a cleared environment and rlimits only. Candidate code can then
-  read anything the user can; reports say so, and ``require_isolation`` refuses this level.
+  ``setsid`` cannot escape), a cleared environment. Where bubblewrap cannot run, a run refuses
+  (``IsolationUnavailable``) rather than fall back.
+* ``none``, only when the user asks for it (``--isolation none``): a new session, a cleared
+  environment and rlimits only. Candidate code can then read anything the user can; every record
+  says so.
 
 On both levels a throwaway cgroup (v1 or v2, ``sandbox.cgroups``) is used where this process may
 make one (root on Linux): an exact memory cap with OOM detection and a process-count cap that also
@@ -39,7 +41,7 @@ PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs", "acpi", "scsi", "d
 
 
 class IsolationUnavailable(RuntimeError):
-    """Raised when isolation is required but bubblewrap cannot run here."""
+    """Raised when a run wants the bubblewrap sandbox and it cannot run here."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,6 +94,7 @@ def bubblewrap_path() -> str | None:
 
 
 _BWRAP_WORKS: dict[str, bool] = {}
+_BWRAP_ERROR: dict[str, str] = {}
 
 
 def bubblewrap_works() -> bool:
@@ -107,20 +110,70 @@ def bubblewrap_works() -> bool:
                 capture_output=True, timeout=20,
             )
             _BWRAP_WORKS[path] = proc.returncode == 0
-        except (OSError, subprocess.TimeoutExpired):
+            _BWRAP_ERROR[path] = proc.stderr.decode("utf-8", "replace").strip()[-300:]
+        except (OSError, subprocess.TimeoutExpired) as exc:
             _BWRAP_WORKS[path] = False
+            _BWRAP_ERROR[path] = str(exc)
     return _BWRAP_WORKS[path]
 
 
-def isolation_level(require: bool = False) -> str:
+def install_hint() -> str:
+    """The one command that installs bubblewrap on this machine (what scripts/setup.sh runs as root)."""
+    sudo = "" if os.geteuid() == 0 else "sudo "
+    for tool in ("apt-get", "dnf"):
+        if shutil.which(tool):
+            return f"{sudo}{tool} install bubblewrap"
+    return "install the bubblewrap package with your package manager"
+
+
+PROC_SYS = Path("/proc/sys")
+
+
+def user_namespace_problem(proc_sys: Path | None = None) -> str | None:
+    """Why this machine forbids the user namespaces bubblewrap needs, with the fix; None if nothing says so.
+
+    Root may always create them unless ``user.max_user_namespaces`` is 0; the other two switches
+    (Debian's and Ubuntu's) stop only unprivileged users."""
+    proc_sys = PROC_SYS if proc_sys is None else proc_sys
+    checks = [("user/max_user_namespaces", "0", "sudo sysctl -w user.max_user_namespaces=15000")]
+    if os.geteuid() != 0:
+        checks += [("kernel/unprivileged_userns_clone", "0", "sudo sysctl -w kernel.unprivileged_userns_clone=1"),
+                   ("kernel/apparmor_restrict_unprivileged_userns", "1",
+                    "sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0, or an AppArmor profile for bwrap")]
+    for name, off, fix in checks:
+        try:
+            value = (proc_sys / name).read_text().strip()
+        except OSError:
+            continue
+        if value == off:
+            return f"user namespaces are off ({name.replace('/', '.')} = {value}); enable them: {fix}"
+    return None
+
+
+def isolation_problem() -> str | None:
+    """What stops bubblewrap from sandboxing here and how to fix it, or None when it works."""
+    path = bubblewrap_path()
+    if path is None:
+        return f"bubblewrap is not installed; install it: {install_hint()} (or run `bash scripts/setup.sh` as root)"
     if bubblewrap_works():
-        return "bubblewrap"
-    if require:
+        return None
+    why = user_namespace_problem() or "it failed: " + (_BWRAP_ERROR.get(path) or "no error text")
+    return f"bubblewrap ({path}) is installed but cannot make a sandbox here: {why}"
+
+
+def isolation_level(wanted: str = "bubblewrap") -> str:
+    """The level a run uses: ``bubblewrap`` when it works, else an error; ``none`` only when asked for."""
+    if wanted == "none":
+        return "none"
+    if wanted != "bubblewrap":
+        raise ValueError(f"unknown isolation level {wanted!r}")
+    problem = isolation_problem()
+    if problem is not None:
         raise IsolationUnavailable(
-            "isolation required but bubblewrap is not usable here; install it (apt-get install bubblewrap) "
-            "or drop --require-isolation"
+            f"refusing to run proposals without a sandbox: {problem}. Or pass `--isolation none` to run "
+            "LLM-written code unsandboxed with your user's rights, knowingly (every record says so)."
         )
-    return "none"
+    return "bubblewrap"
 
 
 def _mib(n: int) -> str:
