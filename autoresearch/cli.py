@@ -144,7 +144,11 @@ RUNS_DIR = click.option("--runs-dir", type=click.Path(path_type=Path), default=P
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option("--ray-address", default=None, help="Ray cluster address (default: start a local one on 127.0.0.1).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--require-isolation", is_flag=True, help="Refuse to run untrusted code without bubblewrap.")
+@click.option("--isolation", type=click.Choice(["bubblewrap", "none"]), default="bubblewrap", show_default=True,
+              help="bubblewrap: refuse to run proposals where the sandbox cannot run (exit 5). none: run "
+                   "LLM-written code unsandboxed with your user's rights, knowingly; every record says so.")
+@click.option("--require-isolation", is_flag=True, hidden=True,
+              help="Deprecated, does nothing: refusing without bubblewrap is the default now.")
 @click.option("--llm-base-url", envvar="AUTORESEARCH_LLM_BASE_URL", default=None,
               help="OpenAI-compatible endpoint (else OPENAI_BASE_URL; else the embedded local model).")
 @click.option("--model", envvar="AUTORESEARCH_MODEL", default=None, help="Model name at the endpoint.")
@@ -155,13 +159,19 @@ RUNS_DIR = click.option("--runs-dir", type=click.Path(path_type=Path), default=P
 @RUNS_DIR
 @_guard
 def run(benchmark, idea, proposals_file, proposals, seeds, alpha, min_delta, no_screen, no_verify, slots, executor,
-        ray_address, device, require_isolation, llm_base_url, model, gguf, max_llm_cost, time_budget, runs_dir):
+        ray_address, device, isolation, require_isolation, llm_base_url, model, gguf, max_llm_cost, time_budget,
+        runs_dir):
     """Start a run: propose (from an idea or a file), gate, record and report."""
     from autoresearch.config import RunConfig
     from autoresearch.engine import read_proposal_lines
 
     if bool(idea) == bool(proposals_file):
         raise click.UsageError("give exactly one of --idea or --proposals-file")
+    if require_isolation and isolation == "none":
+        raise click.UsageError("--require-isolation and --isolation none contradict each other")
+    if require_isolation:
+        err.print("note: --require-isolation is deprecated and does nothing: refusing to run without the "
+                  "sandbox is the default now", highlight=False)
     lines: list[str] = []
     if proposals_file:
         try:
@@ -176,20 +186,27 @@ def run(benchmark, idea, proposals_file, proposals, seeds, alpha, min_delta, no_
     config = RunConfig(benchmark=benchmark, runs_dir=runs_dir, idea=idea,
                        proposals=proposals or (len(lines) if lines else 8), seeds=seeds, alpha=alpha,
                        min_delta=min_delta, screen=False if no_screen else None, verify=not no_verify, slots=slots,
-                       executor=executor, ray_address=ray_address, device=device, require_isolation=require_isolation,
+                       executor=executor, ray_address=ray_address, device=device, isolation=isolation,
                        llm_base_url=llm_base_url, model=model, gguf=gguf, max_llm_cost=max_llm_cost,
                        time_budget=time_budget)
     _execute(config, lines=lines, run_dir=None)
 
 
+ISOLATION_OVERRIDE = click.option(
+    "--isolation", type=click.Choice(["bubblewrap", "none"]), default=None,
+    help="Override the run's recorded choice for this session only (none: unsandboxed, knowingly; a run "
+         "started in the sandbox cannot go on without it).")
+
+
 @main.command()
 @click.argument("run")
 @click.option("--slots", type=click.IntRange(1, 64), default=None, help="Override the parallel trial slots.")
+@ISOLATION_OVERRIDE
 @RUNS_DIR
 @_guard
-def resume(run, slots, runs_dir):
+def resume(run, slots, isolation, runs_dir):
     """Continue a run that was stopped or killed; finished trials are not repeated."""
-    _execute(None, lines=None, run_dir=_resolve_run(run, runs_dir), slots=slots)
+    _execute(None, lines=None, run_dir=_resolve_run(run, runs_dir), slots=slots, isolation=isolation)
 
 
 def _make_executor(config):
@@ -208,13 +225,19 @@ def _make_executor(config):
     return LocalExecutor(config.slots, devices=slot_devices(config.device, config.slots, gpus))  # one GPU per slot
 
 
-def _execute(config, *, lines, run_dir, slots=None) -> None:
+UNSANDBOXED = ("isolation none: proposals run WITHOUT a sandbox, with your user's rights (they can read the "
+               "run's held-out labels, your files and the network); trust these results as far as you trust the code")
+
+
+def _execute(config, *, lines, run_dir, slots=None, isolation=None) -> None:
     from autoresearch.engine import RunEngine, read_proposal_lines, run_proposal_lines
     from autoresearch.live import LiveEvents
+    from autoresearch.sandbox.isolation import isolation_level
 
     llm_errors = _llm_error_types()
     events = LiveEvents(console)
     if run_dir is None:
+        isolation_level(config.isolation)  # refuse before an LLM is started or a run folder made
         agent_session = None
         if config.idea:
             # Reach the LLM before any training starts: an unreachable endpoint is an immediate, clear error.
@@ -228,7 +251,7 @@ def _execute(config, *, lines, run_dir, slots=None) -> None:
         if lines:
             (engine.run_dir / "proposals.jsonl").write_text("\n".join(lines) + "\n")
     else:
-        engine = RunEngine.open(run_dir, events=events, slots=slots)
+        engine = RunEngine.open(run_dir, events=events, slots=slots, isolation=isolation)
         engine.executor = _make_executor(engine.config)
         config = engine.config
         agent_session = None
@@ -244,6 +267,8 @@ def _execute(config, *, lines, run_dir, slots=None) -> None:
         engine.events.records = engine.records()
     console.print(f"run [bold]{engine.run_id}[/] in {engine.run_dir}  (isolation: {engine.isolation}, "
                   f"device: {engine.device})", highlight=False)
+    if engine.isolation == "none":
+        err.print(f"[bold red]warning:[/] {UNSANDBOXED}", highlight=False)
     try:
         with events:
             if lines:
@@ -280,6 +305,8 @@ def show(run, as_json, runs_dir):
         return
     console.print(f"[bold]{summary['run_id']}[/]  benchmark {summary['benchmark']}  status {summary['status']}  "
                   f"isolation {summary['isolation']}", highlight=False)
+    if summary["isolation"] == "none":
+        console.print(f"[bold red]{UNSANDBOXED}[/]", highlight=False)
     if summary["idea"]:
         console.print(f"idea: {summary['idea']}", highlight=False)
     console.print(decisions_table(summary["proposals"]))
@@ -353,14 +380,25 @@ def benchmarks(as_json):
 def doctor():
     """Check what this machine offers: isolation, cgroups, GPU, versions, the local LLM."""
     from autoresearch import envinfo
-    from autoresearch.sandbox.isolation import CGROUP_ROOT, bubblewrap_path, bubblewrap_works
+    from autoresearch.benchmark import load_benchmark
+    from autoresearch.sandbox import isolation as iso
+    from autoresearch.sandbox.cgroups import describe_cgroups
 
-    bw = bubblewrap_path()
-    console.print(f"bubblewrap: {bw or 'not installed'}" + (f" ({'works' if bubblewrap_works() else 'NOT usable'})" if bw else
-                  " -> trials run with isolation: none (apt-get install bubblewrap)"), highlight=False)
-    for c in ("memory", "pids"):
-        ok = os.access(CGROUP_ROOT / c, os.W_OK) and (CGROUP_ROOT / c / "cgroup.procs").exists()
-        console.print(f"cgroup v1 {c}: {'writable' if ok else 'unavailable (rlimits used instead)'}", highlight=False)
+    bw = iso.bubblewrap_path()
+    console.print(f"bubblewrap: {bw} ({'works' if iso.bubblewrap_works() else 'installed but NOT usable'})" if bw else
+                  f"bubblewrap: NOT installed; install it: {iso.install_hint()}", highlight=False)
+    userns = iso.user_namespace_problem() or ("allowed" if iso.bubblewrap_works() else "not switched off by a sysctl")
+    console.print(f"user namespaces: {userns}", highlight=False)
+    problem = iso.isolation_problem()
+    console.print("run: proposals run in the bubblewrap sandbox" if problem is None else
+                  f"run: REFUSES to run proposals (exit {EXIT_ISOLATION}): {problem}; or pass --isolation none "
+                  "to run them unsandboxed with your user's rights, knowingly", highlight=False)
+    console.print(describe_cgroups(), highlight=False)
+    budget = load_benchmark("digits-mlp").spec.budget
+    limits = iso.Limits(memory_bytes=budget.memory_mb * 2**20, max_processes=budget.max_processes)
+    for label, gpu in (("a CPU trial", False), ("a GPU trial", True)):
+        console.print(f"limits of {label} (digits-mlp budget): " + "; ".join(iso.expected_limit_notes(limits, gpu=gpu)),
+                      highlight=False)
     import torch
 
     console.print(f"device cpu: {envinfo.device_description('cpu')}", highlight=False)
@@ -394,9 +432,10 @@ def doctor():
               help="Folder for the replayed checkout (default: a fresh copy under the run folder).")
 @click.option("--verify", is_flag=True, help="Re-run the whole accepted chain against the baseline on fresh seeds.")
 @click.option("--seed-base", type=int, default=None, help="First fresh seed for --verify (default: spec verify base + 1000).")
+@ISOLATION_OVERRIDE
 @RUNS_DIR
 @_guard
-def replay(run, onto, verify, seed_base, runs_dir):
+def replay(run, onto, verify, seed_base, isolation, runs_dir):
     """Apply the run's accepted commits onto a fresh checkout of the benchmark repo with git."""
     from autoresearch.escaping import terminal_text
     from autoresearch.replay import replay_run, verify_replay
@@ -411,7 +450,7 @@ def replay(run, onto, verify, seed_base, runs_dir):
 
         events = LiveEvents(console)
         with events:
-            headline = verify_replay(run_dir, result, seed_base=seed_base, events=events)
+            headline = verify_replay(run_dir, result, seed_base=seed_base, events=events, isolation=isolation)
         console.print(f"[bold]verification:[/] {headline['detail']}", highlight=False)
         if headline.get("verified") and not headline.get("holds"):
             sys.exit(1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class RunConfig(BaseModel):
@@ -25,7 +25,9 @@ class RunConfig(BaseModel):
     executor: Literal["local", "ray"] = "local"
     ray_address: str | None = None
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$", description="auto, cpu, cuda or cuda:N")
-    require_isolation: bool = Field(default=False, description="refuse to run without bubblewrap")
+    isolation: Literal["bubblewrap", "none"] = Field(
+        default="bubblewrap", description="bubblewrap: refuse to run proposals where the sandbox cannot run; "
+        "none: run them unsandboxed with the user's rights (the user's explicit choice, stated in every record)")
     # Agent settings (used with --idea).
     llm_base_url: str | None = None
     model: str | None = None
@@ -34,3 +36,18 @@ class RunConfig(BaseModel):
     time_budget: float | None = Field(default=None, gt=0, description="seconds; stop starting proposals after it")
     llm_timeout: float = Field(default=600.0, gt=0)
     parse_retries: int = Field(default=2, ge=0, le=10)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _map_require_isolation(cls, data):
+        """Runs recorded before `isolation` existed hold `require_isolation`: True meant "bubblewrap or
+        refuse", False "bubblewrap where it works", and both now read as the default, `bubblewrap`
+        (going on without a sandbox takes `--isolation none`, as for any run, which then wins)."""
+        if not isinstance(data, dict) or "require_isolation" not in data:
+            return data
+        data = dict(data)
+        old = data.pop("require_isolation")
+        if not isinstance(old, bool):
+            raise ValueError(f"require_isolation must be true or false, got {old!r}")
+        data.setdefault("isolation", "bubblewrap")
+        return data

@@ -30,7 +30,7 @@ from autoresearch.integrity import memorisation, seed_ignored, transductive
 from autoresearch.ledger import Ledger, LedgerError, dumps
 from autoresearch.records import RunRepo
 from autoresearch.sandbox.executors import pin_request
-from autoresearch.sandbox.isolation import SandboxUnreadable, isolation_level
+from autoresearch.sandbox.isolation import IsolationUnavailable, SandboxUnreadable, isolation_level
 from autoresearch.sandbox.pyview import PackageNotInstalled
 from autoresearch.sandbox.trial import Budget, TrialOutput, TrialRequest, TrialStatus, run_trials
 from autoresearch.scoring import Metric, PredictionError, parse_predictions, score_logits
@@ -181,7 +181,7 @@ class RunEngine:
     @classmethod
     def create(cls, config: RunConfig, *, executor: Executor | None = None, events: Events | None = None) -> "RunEngine":
         bench = load_benchmark(config.benchmark)
-        isolation = isolation_level(require=config.require_isolation)
+        isolation = isolation_level(config.isolation)
         device = envinfo.resolve_device(config.device)
         spec_gate = bench.spec.gate
         gate = GateConfig(
@@ -224,7 +224,7 @@ class RunEngine:
 
     @classmethod
     def open(cls, run_dir: Path, *, executor: Executor | None = None, events: Events | None = None,
-             slots: int | None = None, read_only: bool = False) -> "RunEngine":
+             slots: int | None = None, read_only: bool = False, isolation: str | None = None) -> "RunEngine":
         """Re-open an existing run (resume, replay --verify): data is re-prepared and re-checked.
         ``read_only`` (show, list) skips data preparation and trusts the recorded fingerprints."""
         run_dir = Path(run_dir).resolve()
@@ -236,6 +236,8 @@ class RunEngine:
         run_cfg = dict(resolved["run"])
         if slots is not None:
             run_cfg["slots"] = slots
+        if isolation is not None:  # resume --isolation: this session only, never written back
+            run_cfg["isolation"] = isolation
         config = RunConfig.model_validate(run_cfg)
         bench_ref = resolved.get("benchmark_root") or config.benchmark
         bench = load_benchmark(bench_ref if Path(bench_ref).is_dir() else config.benchmark)
@@ -256,9 +258,9 @@ class RunEngine:
         if data.fingerprints != json.loads(row["fingerprints_json"]):
             raise DataMismatch("the data prepared now differs from the data this run was started on; refusing to go on")
         gate = GateConfig(**resolved["gate"])
-        isolation = row["isolation"] if read_only else isolation_level(require=config.require_isolation)
+        isolation = row["isolation"] if read_only else isolation_level(config.isolation)
         if isolation != row["isolation"] and row["isolation"] == "bubblewrap":
-            raise LedgerError("this run was started with bubblewrap isolation, which is not available here")
+            raise IsolationUnavailable("this run was started in the bubblewrap sandbox; it cannot go on without it")
         device = json.loads(row["env_json"]).get("device", "cpu").split(" ")[0] if read_only else \
             envinfo.resolve_device(config.device)
         engine = cls(run_dir=run_dir, run_id=row["id"], bench=bench, data=data, ledger=ledger,

@@ -102,11 +102,13 @@ def _as_stream(text: str):
     return f
 
 
-def verify_replay(run_dir: Path, result: ReplayResult, *, seed_base: int | None = None, events=None) -> dict:
-    """The replayed chain against the replayed baseline (its `baseline` tag), on seeds none of the run has used."""
+def verify_replay(run_dir: Path, result: ReplayResult, *, seed_base: int | None = None, events=None,
+                  isolation: str | None = None) -> dict:
+    """The replayed chain against the replayed baseline (its `baseline` tag), on seeds none of the run has used.
+    ``isolation`` overrides the run's recorded choice (replay --isolation)."""
     from autoresearch.engine import RunEngine
 
-    engine = RunEngine.open(run_dir, events=events)
+    engine = RunEngine.open(run_dir, events=events, isolation=isolation)
     repo = git.Repo(result.path)
     base_commit = repo.commit(BASELINE_TAG)
 

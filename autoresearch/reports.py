@@ -158,6 +158,17 @@ def _device_note(trials: list["TrialRecord"]) -> str:
     return "trials: " + ("; ".join(parts) if parts else "-")
 
 
+def _limits_note(trials: list["TrialRecord"]) -> str:
+    """What really capped memory and processes in these trials: the sandbox's own notes."""
+    held: list[str] = []
+    for t in trials:
+        notes = _field(t.summary, "notes")
+        for note in notes[:20] if isinstance(notes, list) else []:
+            if isinstance(note, str) and note.startswith(("memory:", "processes:")) and note not in held:
+                held.append(note[:300])
+    return "; ".join(markdown_inline(n, 200) for n in held[:4]) or "-"
+
+
 def _secondary_section(record: "ProposalRecord", engine: "RunEngine") -> list[str]:
     """Macro-F1 and per-class accuracy on test, beside the gated metric; shown, never gated."""
     inc = {t.seed: _field(t.summary, "secondary") for t in record.incumbent_trials}
@@ -225,6 +236,7 @@ def write_proposal_report(engine: "RunEngine", record: "ProposalRecord") -> Path
         f"- budget: {spec.budget.epochs} epochs, batch {spec.budget.batch_size}, train {spec.budget.train_seconds:g}s + "
         f"predict {spec.budget.predict_seconds:g}s (+{spec.budget.grace_seconds:g}s start-up grace), "
         f"{spec.budget.memory_mb} MiB, {spec.budget.max_processes} processes, {spec.budget.threads} thread(s)",
+        f"- limits that held: {_limits_note(trials)}",
         f"- timings: proposal wall {record.wall_seconds:.1f}s; sandboxed train {train_s:.1f}s, predict {predict_s:.1f}s "
         f"(candidate trials run now)",
         f"- isolation: **{engine.isolation}**" + ("" if engine.isolation == "bubblewrap" else
@@ -294,7 +306,9 @@ def write_summary(engine: "RunEngine", headline: dict) -> Path:
              f"- gate: {engine.gate.seeds} paired seeds on test, one-sided paired t, alpha={engine.gate.alpha}, "
              f"m={engine.gate.proposals} (per-test threshold {engine.gate.threshold:.4g}), min_delta={engine.gate.min_delta}, "
              f"min win rate {engine.gate.min_win_rate:.0%}",
-             f"- isolation: {engine.isolation}; device: {engine.env.get('device')}",
+             f"- isolation: **{engine.isolation}**" + ("" if engine.isolation == "bubblewrap" else
+                                                      " (no sandbox: candidate code ran with the user's rights)") +
+             f"; device: {engine.env.get('device')}",
              f"- LLM: {totals['calls']} calls, {totals['prompt_tokens'] + totals['completion_tokens']} tokens, "
              f"~${totals['cost_usd']:.4f}",
              "", "## Headline (re-verified on fresh seeds)", ""]

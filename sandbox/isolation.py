@@ -1,19 +1,22 @@
 """Run one untrusted command with hard limits.
 
-Two levels, chosen per machine and named in every record:
+Two levels, chosen per run and named in every record:
 
-* ``bubblewrap``: a fresh mount namespace that shows only what a trial needs (an allow-listed
-  Python view, read-only: see sandbox/pyview.py; the named mounts; a size-capped ``/tmp``), no
-  network namespace peers, a PID namespace (when the sandbox's init dies the kernel kills every
-  process in it, so ``setsid`` cannot escape), a cleared environment, a seccomp filter
+* ``bubblewrap`` (the default): a fresh mount namespace that shows only what a trial needs (an
+  allow-listed Python view, read-only: see sandbox/pyview.py; the named mounts; a size-capped
+  ``/tmp``), no network namespace peers, a PID namespace (when the sandbox's init dies the kernel
+  kills every process in it, so ``setsid`` cannot escape), a cleared environment, a seccomp filter
   (sandbox/seccomp.py) and, when autoresearch runs as root, an unprivileged uid where the host
-  allows it.
-* ``none``: a new session, a cleared environment and rlimits only. Candidate code can then
-  read anything the user can; reports say so, and ``require_isolation`` refuses this level.
+  allows it. Where bubblewrap cannot run, a run refuses (``IsolationUnavailable``) rather than
+  fall back.
+* ``none``, only when the user asks for it (``--isolation none``): a new session, a cleared
+  environment and rlimits only. Candidate code can then read anything the user can; every record
+  says so.
 
-On both levels cgroup v1 ``memory`` and ``pids`` controllers are used when writable (root on
-Linux), which gives an exact memory cap with OOM detection and a process-count cap that also
-lets us find and kill every process the command started, detached or not.
+On both levels a throwaway cgroup (v1 or v2, ``sandbox.cgroups``) is used where this process may
+make one (root on Linux): an exact memory cap with OOM detection and a process-count cap that also
+lets us find and kill every process the command started, detached or not. Each result's notes say
+which mechanism really capped memory and processes.
 """
 
 from __future__ import annotations
@@ -29,14 +32,13 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoresearch.sandbox import seccomp
+from autoresearch.sandbox.cgroups import Cgroup, create_cgroup
 from autoresearch.sandbox.pyview import DEFAULT_PACKAGES, python_view
 
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 LOG_HEAD_BYTES = 16 * 1024
 LOG_TAIL_BYTES = 48 * 1024
 
@@ -46,7 +48,7 @@ PROC_READ_ONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs", "acpi", "scsi", "d
 
 
 class IsolationUnavailable(RuntimeError):
-    """Raised when isolation is required but bubblewrap cannot run here."""
+    """Raised when a run wants the bubblewrap sandbox and it cannot run here."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,6 +101,7 @@ def bubblewrap_path() -> str | None:
 
 
 _BWRAP_WORKS: dict[str, bool] = {}
+_BWRAP_ERROR: dict[str, str] = {}
 
 
 def bubblewrap_works() -> bool:
@@ -114,8 +117,10 @@ def bubblewrap_works() -> bool:
                 capture_output=True, timeout=20,
             )
             _BWRAP_WORKS[path] = proc.returncode == 0
-        except (OSError, subprocess.TimeoutExpired):
+            _BWRAP_ERROR[path] = proc.stderr.decode("utf-8", "replace").strip()[-300:]
+        except (OSError, subprocess.TimeoutExpired) as exc:
             _BWRAP_WORKS[path] = False
+            _BWRAP_ERROR[path] = str(exc)
     return _BWRAP_WORKS[path]
 
 
@@ -265,142 +270,96 @@ def hand_over_writable(uid: int, mounts: list[Mount]) -> None:
                 os.lchown(os.path.join(dirpath, name), uid, uid)
 
 
-def isolation_level(require: bool = False) -> str:
-    if bubblewrap_works():
-        return "bubblewrap"
-    if require:
-        raise IsolationUnavailable(
-            "isolation required but bubblewrap is not usable here; install it (apt-get install bubblewrap) "
-            "or drop --require-isolation"
-        )
-    return "none"
+def install_hint() -> str:
+    """The one command that installs bubblewrap on this machine (what scripts/setup.sh runs as root)."""
+    sudo = "" if os.geteuid() == 0 else "sudo "
+    for tool in ("apt-get", "dnf"):
+        if shutil.which(tool):
+            return f"{sudo}{tool} install bubblewrap"
+    return "install the bubblewrap package with your package manager"
 
 
-# --------------------------------------------------------------------------- cgroups
+PROC_SYS = Path("/proc/sys")
 
 
-# A cgroup this old with no process in it was left by a run that was killed before it could clean
-# up. The age keeps the sweep away from a cgroup that another run has just made and not yet joined.
-STALE_CGROUP_SECONDS = 600.0
-_SWEPT: set[Path] = set()
+def user_namespace_problem(proc_sys: Path | None = None) -> str | None:
+    """Why this machine forbids the user namespaces bubblewrap needs, with the fix; None if nothing says so.
 
-
-def sweep_stale_cgroups(root: Path | None = None, *, max_age: float = STALE_CGROUP_SECONDS) -> int:
-    """Remove our own empty cgroups older than max_age (the kernel refuses to remove a non-empty one)."""
-    removed = 0
-    root = CGROUP_ROOT if root is None else root
-    for controller in ("memory", "pids"):
+    Root may always create them unless ``user.max_user_namespaces`` is 0; the other two switches
+    (Debian's and Ubuntu's) stop only unprivileged users."""
+    proc_sys = PROC_SYS if proc_sys is None else proc_sys
+    checks = [("user/max_user_namespaces", "0", "sudo sysctl -w user.max_user_namespaces=15000")]
+    if os.geteuid() != 0:
+        checks += [("kernel/unprivileged_userns_clone", "0", "sudo sysctl -w kernel.unprivileged_userns_clone=1"),
+                   ("kernel/apparmor_restrict_unprivileged_userns", "1",
+                    "sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0, or an AppArmor profile for bwrap")]
+    for name, off, fix in checks:
         try:
-            entries = list((root / controller).glob("autoresearch-*"))
+            value = (proc_sys / name).read_text().strip()
         except OSError:
             continue
-        for path in entries:
-            try:
-                if time.time() - path.stat().st_mtime < max_age or (path / "cgroup.procs").read_text().strip():
-                    continue
-                path.rmdir()
-                removed += 1
-            except OSError:
-                continue
-    return removed
+        if value == off:
+            return f"user namespaces are off ({name.replace('/', '.')} = {value}); enable them: {fix}"
+    return None
 
 
-class _Cgroup:
-    """A throwaway cgroup v1 pair (memory + pids), or nothing where we may not create one."""
+def isolation_problem() -> str | None:
+    """What stops bubblewrap from sandboxing here and how to fix it, or None when it works."""
+    path = bubblewrap_path()
+    if path is None:
+        return f"bubblewrap is not installed; install it: {install_hint()} (or run `bash scripts/setup.sh` as root)"
+    if bubblewrap_works():
+        return None
+    why = user_namespace_problem() or "it failed: " + (_BWRAP_ERROR.get(path) or "no error text")
+    return f"bubblewrap ({path}) is installed but cannot make a sandbox here: {why}"
 
-    def __init__(self, limits: Limits):
-        if CGROUP_ROOT not in _SWEPT:  # once per process: what killed runs left behind
-            _SWEPT.add(CGROUP_ROOT)
-            sweep_stale_cgroups()
-        self.name = f"autoresearch-{uuid.uuid4().hex[:12]}"
-        self.dirs: dict[str, Path] = {}
-        for controller in ("memory", "pids"):
-            base = CGROUP_ROOT / controller
-            if not (base / "cgroup.procs").exists():
-                continue
-            path = base / self.name
-            try:
-                path.mkdir()
-                if controller == "memory":
-                    (path / "memory.limit_in_bytes").write_text(str(limits.memory_bytes))
-                    swap = path / "memory.memsw.limit_in_bytes"
-                    if swap.exists():
-                        try:
-                            swap.write_text(str(limits.memory_bytes))
-                        except OSError:
-                            pass
-                else:
-                    (path / "pids.max").write_text(str(limits.max_processes))
-                self.dirs[controller] = path
-            except OSError:
-                if path.exists():
-                    try:
-                        path.rmdir()
-                    except OSError:
-                        pass
-        self.procs_files = [str(d / "cgroup.procs") for d in self.dirs.values()]
 
-    @property
-    def active(self) -> bool:
-        return bool(self.dirs)
+def isolation_level(wanted: str = "bubblewrap") -> str:
+    """The level a run uses: ``bubblewrap`` when it works, else an error; ``none`` only when asked for."""
+    if wanted == "none":
+        return "none"
+    if wanted != "bubblewrap":
+        raise ValueError(f"unknown isolation level {wanted!r}")
+    problem = isolation_problem()
+    if problem is not None:
+        raise IsolationUnavailable(
+            f"refusing to run proposals without a sandbox: {problem}. Or pass `--isolation none` to run "
+            "LLM-written code unsandboxed with your user's rights, knowingly (every record says so)."
+        )
+    return "bubblewrap"
 
-    def pids(self) -> list[int]:
-        found: set[int] = set()
-        for d in self.dirs.values():
-            try:
-                found.update(int(x) for x in (d / "cgroup.procs").read_text().split())
-            except OSError:
-                pass
-        return sorted(found)
 
-    def kill_all(self) -> int:
-        """SIGKILL every process in the group until none is left; returns how many were seen."""
-        seen = 0
-        for _ in range(50):
-            pids = self.pids()
-            if not pids:
-                break
-            seen = max(seen, len(pids))
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.02)
-        return seen
+def _mib(n: int) -> str:
+    return f"{n / 2**20:g} MiB"
 
-    def oom_killed(self) -> bool:
-        d = self.dirs.get("memory")
-        if d is None:
-            return False
-        try:
-            fields = dict(line.split() for line in (d / "memory.oom_control").read_text().splitlines())
-            if int(fields.get("oom_kill", "0")) > 0:
-                return True
-            return int((d / "memory.failcnt").read_text()) > 0 and int(fields.get("under_oom", "0")) > 0
-        except (OSError, ValueError):
-            return False
 
-    def peak_memory(self) -> int | None:
-        d = self.dirs.get("memory")
-        if d is None:
-            return None
-        try:
-            return int((d / "memory.max_usage_in_bytes").read_text())
-        except (OSError, ValueError):
-            return None
+def limit_notes(cgroup: Cgroup, limits: Limits, *, use_rlimit_as: bool, euid: int | None = None) -> list[str]:
+    """One line for memory and one for processes: the mechanism that really caps each."""
+    euid = os.geteuid() if euid is None else euid
+    if "memory" in cgroup.controllers:
+        knob = "memory.limit_in_bytes" if cgroup.version == 1 else "memory.max"
+        memory = f"memory: cgroup v{cgroup.version} {knob} {_mib(limits.memory_bytes)}"
+    elif use_rlimit_as:
+        memory = f"memory: RLIMIT_AS {_mib(limits.memory_bytes)} (per process, not per tree)"
+    else:
+        memory = "memory: NOT capped (GPU trial, no memory cgroup: RLIMIT_AS would stop CUDA from starting)"
+    if "pids" in cgroup.controllers:
+        processes = f"processes: cgroup v{cgroup.version} pids.max {limits.max_processes}"
+    elif euid == 0:
+        processes = "processes: NOT capped (running as root: the kernel ignores RLIMIT_NPROC for root)"
+    else:
+        processes = (f"processes: RLIMIT_NPROC {limits.max_processes} (counts every process of this user, "
+                     "not only the trial's)")
+    return [memory, processes]
 
-    def remove(self) -> None:
-        self.kill_all()
-        for d in self.dirs.values():
-            for _ in range(50):
-                try:
-                    d.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.02)
+
+def expected_limit_notes(limits: Limits, *, gpu: bool = False) -> list[str]:
+    """What limit_notes will say for a trial started now (for `doctor`): a probe cgroup, made and removed."""
+    cgroup = create_cgroup(limits.memory_bytes, limits.max_processes)
+    try:
+        return limit_notes(cgroup, limits, use_rlimit_as="memory" not in cgroup.controllers and not gpu)
+    finally:
+        cgroup.remove()
 
 
 # --------------------------------------------------------------------------- command line
@@ -600,10 +559,10 @@ def run_sandboxed(argv: list[str], *, mounts: list[Mount], limits: Limits, isola
     cmd, proc_env, host_cwd = build_command(argv, mounts, isolation=isolation, limits=limits,
                                             env=env or {}, cwd=cwd, devices=list(devices), packages=tuple(packages),
                                             uid=uid, fds=filter_fds)
-    cgroup = _Cgroup(limits)
+    cgroup = create_cgroup(limits.memory_bytes, limits.max_processes)
     # Without a memory cgroup, RLIMIT_AS caps memory, except on a GPU: CUDA reserves far more
     # virtual address space than it uses, and fails to initialise under any realistic RLIMIT_AS.
-    use_rlimit_as = "memory" not in cgroup.dirs and not devices
+    use_rlimit_as = "memory" not in cgroup.controllers and not devices
 
     def preexec() -> None:  # runs in the child between fork and exec
         os.setsid()
@@ -615,16 +574,11 @@ def run_sandboxed(argv: list[str], *, mounts: list[Mount], limits: Limits, isola
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         if use_rlimit_as:
             resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
-        if not cgroup.dirs.get("pids"):
+        if "pids" not in cgroup.controllers:  # holds for an ordinary user only (see limit_notes)
             resource.setrlimit(resource.RLIMIT_NPROC, (limits.max_processes, limits.max_processes))
 
-    notes: list[str] = []
-    if not cgroup.active:
-        notes.append("cgroups unavailable: memory capped by RLIMIT_AS, processes by RLIMIT_NPROC" if use_rlimit_as else
-                     "cgroups unavailable: host memory NOT capped (a GPU trial: RLIMIT_AS would break CUDA), "
-                     "processes capped by RLIMIT_NPROC")
-    elif "memory" not in cgroup.dirs and not use_rlimit_as:
-        notes.append("memory cgroup unavailable: host memory NOT capped (a GPU trial: RLIMIT_AS would break CUDA)")
+    # Under an unprivileged uid RLIMIT_NPROC holds (the kernel ignores it only for root).
+    notes = limit_notes(cgroup, limits, use_rlimit_as=use_rlimit_as, euid=uid)
     popen_kwargs = dict(stdin=subprocess.DEVNULL if stdin_data is None else subprocess.PIPE,
                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                         env=proc_env if isolation != "bubblewrap" else {"PATH": os.environ.get("PATH", "/usr/bin:/bin")},

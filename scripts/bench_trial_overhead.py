@@ -1,11 +1,17 @@
-"""Where the time of one gated proposal goes on the default benchmark, and what the sandbox costs.
+"""What one gated code version costs against running the same seeds bare, measured in one run.
 
-Prints, for one gated proposal (k candidate seeds; incumbent trials pre-cached as in a real run):
-sandbox start, train, predict, trusted scoring and bookkeeping (ledger, git, report), and the
-overhead ratio against running the same harness + training code bare (plain subprocesses, no
-sandbox, no gate), all measured in this one run.
+Prints, for one gated proposal (k candidate seeds, one train and one predict sandbox; the
+incumbent's trials cached, as in any run after the first proposal): the wall time of the whole
+proposal split into the train phase, the predict phase and the rest (scoring, integrity checks,
+ledger, git, report), the seconds spent inside the seeds' own children, and the cost of the same
+seeds run bare: one plain Python process that imports torch once and trains and predicts every
+seed with the same code (no sandbox, no fork, no checks, no records). Bare runs go before and
+after the gated one and are averaged, so other load on the machine weighs on both sides.
 
-    .venv/bin/python scripts/bench_trial_overhead.py [--seeds 5] [--benchmark digits-mlp]
+With ``--against REF`` it also runs this script as it was at git REF (e.g. the landed code before
+a change) on a copy of that tree, in the same run, and prints both figures and their ratio.
+
+    .venv/bin/python scripts/bench_trial_overhead.py [--seeds 5] [--benchmark digits-mlp] [--against REF]
 """
 
 from __future__ import annotations
@@ -13,118 +19,121 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from autoresearch import engine as engine_module
 from autoresearch.agent.proposal import parse_proposal_json
 from autoresearch.config import RunConfig
 from autoresearch.engine import RunEngine
-from autoresearch.sandbox import trial as trial_module
-from autoresearch.sandbox.isolation import Limits, run_sandboxed
 
 ADAM = json.dumps({"title": "Adam", "hypothesis": "bench", "edits": [
     {"path": "optim.py", "search": "optimizer = torch.optim.SGD(params, lr=0.01)",
      "replace": "optimizer = torch.optim.Adam(params, lr=1e-3)"}]})
 
+BARE = r"""
+import json, sys, time
+import numpy as np, torch
+repo, train_dir, predict_dir, config, seeds = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4]), json.loads(sys.argv[5])
+torch.set_num_threads(int(config["threads"]))
+sys.path.insert(0, repo)
+import model, train
+x = torch.from_numpy(np.load(train_dir + "/train_x.npy")); y = torch.from_numpy(np.load(train_dir + "/train_y.npy"))
+inputs = torch.from_numpy(np.load(predict_dir + "/inputs.npy"))
+for seed in seeds:
+    torch.manual_seed(seed)
+    net = model.build_model(tuple(x.shape[1:]), int(config["num_classes"]))
+    train.fit(net, x, y, epochs=int(config["epochs"]), batch_size=int(config["batch_size"]),
+              generator=torch.Generator().manual_seed(seed), device=torch.device("cpu"))
+    net.eval()
+    with torch.inference_mode():
+        logits = torch.cat([net(inputs[i:i + 500]) for i in range(0, inputs.shape[0], 500)])
+"""
 
-def sandbox_start_cost(isolation: str, repeats: int = 5) -> float:
-    """Extra seconds a sandboxed process start costs over a bare one (python -c pass)."""
-    bare, boxed = [], []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        subprocess.run([sys.executable, "-I", "-c", "pass"], check=True)
-        bare.append(time.perf_counter() - t)
-        res = run_sandboxed([sys.executable, "-I", "-c", "pass"], mounts=[], limits=Limits(wall_seconds=30),
-                            isolation=isolation)
-        boxed.append(res.wall_seconds)
-    return max(0.0, statistics.median(boxed) - statistics.median(bare))
+
+def bare_run(repo: Path, engine: RunEngine) -> float:
+    """One plain process: import torch once, then every gate seed trained and predicted in it."""
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-c", BARE, str(repo), str(engine.data.train_dir), str(engine.data.predict_dir),
+                    json.dumps(engine._trial_config()), json.dumps(engine.gate_seeds)], check=True)
+    return time.perf_counter() - t
 
 
-def bare_run(bench, data, files_dir: Path, seeds: list[int], config: dict) -> float:
-    """The same harness and training code as plain subprocesses: no sandbox, no scoring, no records."""
-    total = 0.0
-    for seed in seeds:
-        with tempfile.TemporaryDirectory() as out:
-            t = time.perf_counter()
-            subprocess.run([sys.executable, "-I", "-B", str(bench.harness_dir / "run_train.py"), "--repo", str(files_dir),
-                            "--data", str(data.public_dir / "train"), "--out", out, "--seed", str(seed),
-                            "--config", json.dumps(config)], check=True, capture_output=True)
-            subprocess.run([sys.executable, "-I", "-B", str(bench.harness_dir / "run_predict.py"), "--repo",
-                            str(files_dir), "--data", str(data.public_dir / "predict"), "--checkpoint", out, "--out", out,
-                            "--config", json.dumps(config)], check=True, capture_output=True)
-            total += time.perf_counter() - t
-    return total
+def measure(benchmark: str, seeds: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        config = RunConfig(benchmark=benchmark, runs_dir=Path(tmp) / "runs", proposals=1, seeds=seeds, screen=False,
+                           verify=False)
+        engine = RunEngine.create(config)
+        engine.ensure_baseline()  # incumbent trials cached, as in any run after the first proposal
+        adam = engine.repo.files_at(engine.repo.baseline)
+        adam["optim.py"] = adam["optim.py"].replace("torch.optim.SGD(params, lr=0.01)", "torch.optim.Adam(params, lr=1e-3)")
+        repo = engine.workspace(adam, "bench-bare")
+        before = bare_run(repo, engine)
+        t0 = time.perf_counter()
+        record = engine.evaluate(1, ADAM, parse_proposal_json(ADAM), source="bench")
+        total = time.perf_counter() - t0
+        after = bare_run(repo, engine)
+        trials = record.candidate_trials
+        train_phase = max(t.summary["train"]["sandbox"] for t in trials)
+        predict_phase = max(t.summary["predict"]["sandbox"] for t in trials)
+        in_children = sum(t.summary["train"]["run"] + t.summary["predict"]["run"] for t in trials)
+        return {"benchmark": benchmark, "seeds": seeds, "isolation": engine.isolation,
+                "decision": f"{record.decision} ({record.reason})", "total": total, "train_phase": train_phase,
+                "predict_phase": predict_phase, "rest": total - train_phase - predict_phase,
+                "in_children": in_children, "bare": (before + after) / 2, "bare_before": before, "bare_after": after}
+
+
+def landed_figure(ref: str, benchmark: str, seeds: int) -> float:
+    """This script's 'time per gated proposal' as the code at ``ref`` measures it, on a copy of that
+    tree put first on the path (the editable install's finder comes after every path entry)."""
+    root = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory() as tmp:
+        src, pkg = Path(tmp) / "src", Path(tmp) / "pkg"
+        src.mkdir()
+        archive = subprocess.run(["git", "-C", str(root), "archive", ref], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+        shutil.copytree(src / "autoresearch", pkg / "autoresearch")
+        for folder in ("agent", "sandbox", "baselines", "prompts"):  # the package-dir mapping of pyproject.toml
+            shutil.copytree(src / folder, pkg / "autoresearch" / folder)
+        out = subprocess.run([sys.executable, str(src / "scripts" / "bench_trial_overhead.py"), "--seeds", str(seeds),
+                              "--benchmark", benchmark], check=True, capture_output=True, text=True,
+                             env=dict(os.environ, PYTHONPATH=str(pkg)), cwd=tmp)
+    found = re.search(r"time per gated proposal: ([0-9.]+)s", out.stdout)
+    if not found:
+        raise SystemExit(f"no figure from {ref}:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+    return float(found.group(1))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--benchmark", default="digits-mlp")
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--against", metavar="REF", help="also measure the code at this git ref, in this run")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        config = RunConfig(benchmark=args.benchmark, runs_dir=Path(tmp) / "runs", proposals=1, seeds=args.seeds,
-                           screen=False, verify=False)
-        engine = RunEngine.create(config)
-        engine.ensure_baseline()  # incumbent trials cached, as in any run after the first proposal
-
-        timings = {"train": 0.0, "predict": 0.0, "scoring": 0.0, "trial_starts": 0}
-        real_run_trial, real_score = trial_module.run_trial, engine_module.score
-
-        def timed_run_trial(req):
-            out = real_run_trial(req)
-            timings["train"] += out.train.run
-            timings["predict"] += out.predict.run
-            timings["trial_starts"] += 2
-            return out
-
-        def timed_score(*a, **kw):
-            t = time.perf_counter()
-            try:
-                return real_score(*a, **kw)
-            finally:
-                timings["scoring"] += time.perf_counter() - t
-
-        # Bare runs before and after the gated proposal, averaged: other load on the machine then
-        # weighs on both sides of the ratio alike.
-        adam_files = engine.repo.files_at(engine.repo.baseline)
-        adam_files["optim.py"] = adam_files["optim.py"].replace("torch.optim.SGD(params, lr=0.01)",
-                                                                "torch.optim.Adam(params, lr=1e-3)")
-        files_dir = engine.workspace(adam_files, "bench-bare")
-        bare_before = bare_run(engine.bench, engine.data, files_dir, engine.gate_seeds, engine._trial_config())
-        engine_module.run_trial = timed_run_trial
-        engine_module.score = timed_score
-        t0 = time.perf_counter()
-        record = engine.evaluate(1, ADAM, parse_proposal_json(ADAM), source="bench")
-        total = time.perf_counter() - t0
-        engine_module.run_trial, engine_module.score = real_run_trial, real_score
-
-        start_each = sandbox_start_cost(engine.isolation)
-        sandbox_start = start_each * timings["trial_starts"]
-        train = timings["train"] - start_each * timings["trial_starts"] / 2
-        predict = timings["predict"] - start_each * timings["trial_starts"] / 2
-        bookkeeping = total - timings["train"] - timings["predict"] - timings["scoring"]
-
-        bare_after = bare_run(engine.bench, engine.data, files_dir, engine.gate_seeds, engine._trial_config())
-        bare = (bare_before + bare_after) / 2
-
-    print(f"benchmark: {args.benchmark}; seeds per gated proposal: {args.seeds}; isolation: {engine.isolation}; "
-          f"decision: {record.decision} ({record.reason})")
+    landed = landed_figure(args.against, args.benchmark, args.seeds) if args.against else None
+    m = measure(args.benchmark, args.seeds)
+    total = m["total"]
+    print(f"benchmark: {m['benchmark']}; seeds per gated proposal: {m['seeds']}; isolation: {m['isolation']}; "
+          f"decision: {m['decision']}")
     print(f"time per gated proposal: {total:.2f}s")
-    rows = [("sandbox start", sandbox_start), ("train (incl. interpreter + torch import)", train),
-            ("predict (incl. interpreter + torch import)", predict), ("trusted scoring", timings["scoring"]),
-            ("bookkeeping (ledger, git, report, workspace, hashing)", bookkeeping)]
+    rows = [("train phase (one sandbox: start, torch import, every seed)", m["train_phase"]),
+            ("predict phase (one sandbox: start, torch import, every seed)", m["predict_phase"]),
+            ("scoring, integrity checks, ledger, git, report, workspace", m["rest"])]
     for name, seconds in rows:
-        print(f"  {name:<55} {seconds:7.2f}s  {seconds / total:6.1%}")
-    print(f"bare run of the same harness + training code (no sandbox, no gate): {bare:.2f}s "
-          f"(before {bare_before:.2f}s, after {bare_after:.2f}s)")
-    print(f"overhead ratio (gated proposal / bare): {total / bare:.2f}x")
-    print(f"sandbox start per process: {start_each * 1000:.0f} ms; load average: {os.getloadavg()[0]:.2f}")
+        print(f"  {name:<62} {seconds:7.2f}s  {seconds / total:6.1%}")
+    print(f"  (inside the seeds' own children: {m['in_children']:.2f}s)")
+    print(f"bare in-process run of the same seeds (one process, one torch import, no sandbox, no checks): "
+          f"{m['bare']:.2f}s (before {m['bare_before']:.2f}s, after {m['bare_after']:.2f}s)")
+    print(f"gated cost per code version / bare in-process cost: {total / m['bare']:.2f}x")
+    if landed is not None:
+        print(f"the same measure at {args.against}: time per gated proposal {landed:.2f}s; now / then: "
+              f"{total / landed:.2f}x")
+    print(f"load average: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Sets up autoresearch in ./.venv on a fresh machine: torch (CPU build where that is what pip
+# Sets up autoresearch in ./.venv on a fresh machine: bubblewrap (the sandbox; installed as root
+# with apt-get or dnf, else the command to run is printed), torch (CPU build where that is what pip
 # finds; CUDA wheels work too), the package with the embedded-LLM extra, the test tools, and the
 # default local GGUF model where this machine cannot reach the Hugging Face hub.
 #   bash scripts/setup.sh            # everything (the llama.cpp extra builds in ~9 minutes, once)
 #   AUTORESEARCH_NO_LLM=1 bash scripts/setup.sh   # skip the embedded LLM (proposals files, remote LLMs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/install_bubblewrap.sh
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv

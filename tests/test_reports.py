@@ -100,6 +100,21 @@ def test_well_formed_summaries_still_show(tmp_path):
     assert summary["proposals"][0]["per_seed"][0]["device"] == "cpu"
 
 
+def test_reports_state_the_limits_that_held_and_an_unsandboxed_run(tmp_path):
+    notes = ["memory: RLIMIT_AS 3072 MiB (per process, not per tree)",
+             "processes: NOT capped (running as root: the kernel ignores RLIMIT_NPROC for root)", "other note"]
+    record = ProposalRecord(idx=1, title="t", hypothesis="h", decision="rejected", reason="crash", detail="d",
+                            candidate_trials=[trial(1, {"notes": notes}), trial(2, {"notes": notes})],
+                            incumbent_trials=[])
+    engine = fake_engine(tmp_path, [record])
+    engine.isolation = "none"
+    (report,), summary_md, summary = write_all(engine, [record])
+    assert ("- limits that held: memory: RLIMIT\\_AS 3072 MiB (per process, not per tree); processes: NOT capped "
+            "(running as root: the kernel ignores RLIMIT\\_NPROC for root)\n") in report
+    unsandboxed = "isolation: **none** (no sandbox: candidate code ran with the user's rights)"
+    assert unsandboxed in report and unsandboxed in summary_md and summary["isolation"] == "none"
+
+
 HOSTILE = ("Adam\n# Forged heading\r\n| a | b |\n<img src=x onerror=alert(1)> [click](http://evil) ![i](x)\n"
            "```\n**ACCEPTED** _x_ ~~y~~ $m$ &lt; \\ \x1b[31m\u202e")
 DIFF = "--- a/optim.py\n+++ b/optim.py\n@@ -1 +1,3 @@\n-x = 1\n+x = '''\n+```\n+# not a heading\n+````\n"

@@ -183,17 +183,17 @@ def test_gpu_sandbox_sees_sys_read_only_and_cpu_sandbox_does_not():
 def test_gpu_trial_is_not_given_an_address_space_limit(tmp_path, monkeypatch):
     """Without cgroups, memory falls back to RLIMIT_AS, except for a GPU trial (CUDA cannot start under
     it); that trial's result says its memory was not capped."""
-    from autoresearch.sandbox import isolation
+    from autoresearch.sandbox import cgroups
     from autoresearch.sandbox.isolation import run_sandboxed
 
-    monkeypatch.setattr(isolation, "CGROUP_ROOT", tmp_path / "no-cgroups")
+    monkeypatch.setattr(cgroups, "CGROUP_ROOT", tmp_path / "no-cgroups")
     probe = ["python3", "-c", "import resource; print('AS', resource.getrlimit(resource.RLIMIT_AS)[0])"]
     limits = Limits(wall_seconds=20, cpu_seconds=20, memory_bytes=2**31, max_processes=64, max_output_bytes=2**20)
     cpu = run_sandboxed(probe, mounts=[], limits=limits, isolation="none", cwd=str(tmp_path))
-    assert f"AS {2**31}" in cpu.log_excerpt and "memory capped by RLIMIT_AS" in " ".join(cpu.notes)
+    assert f"AS {2**31}" in cpu.log_excerpt and "memory: RLIMIT_AS 2048 MiB" in " ".join(cpu.notes)
     gpu = run_sandboxed(probe, mounts=[], limits=limits, isolation="none", cwd=str(tmp_path), devices=["/dev/null"])
     assert f"AS {resource_unlimited()}" in gpu.log_excerpt, gpu.log_excerpt
-    assert "host memory NOT capped" in " ".join(gpu.notes)
+    assert "memory: NOT capped (GPU trial" in " ".join(gpu.notes)
 
 
 def resource_unlimited() -> int:
@@ -206,7 +206,7 @@ def test_stale_empty_cgroups_are_swept_and_live_ones_kept():
     import os
     import uuid
 
-    from autoresearch.sandbox.isolation import CGROUP_ROOT, sweep_stale_cgroups
+    from autoresearch.sandbox.cgroups import CGROUP_ROOT, sweep_stale_cgroups
 
     base = CGROUP_ROOT / "pids"
     if not os.access(base, os.W_OK) or not (base / "cgroup.procs").exists():
