@@ -41,7 +41,9 @@ def _guard(fn):
         from pydantic import ValidationError
         from autoresearch.ledger import LedgerError
         from autoresearch.replay import ReplayError
-        from autoresearch.sandbox.isolation import IsolationUnavailable
+        from autoresearch.sandbox.isolation import IsolationUnavailable, SandboxUnreadable
+        from autoresearch.sandbox.pyview import PackageNotInstalled
+        from autoresearch.seeding import SecretError
 
         try:
             return fn(*args, **kwargs)
@@ -53,8 +55,10 @@ def _guard(fn):
             _fail(f"data mismatch: {exc}", EXIT_DATA)
         except LedgerError as exc:
             _fail(str(exc), EXIT_STORAGE)
-        except IsolationUnavailable as exc:
+        except (IsolationUnavailable, SandboxUnreadable, PackageNotInstalled) as exc:
             _fail(str(exc), EXIT_ISOLATION)
+        except SecretError as exc:
+            _fail(str(exc), EXIT_USER)
         except ReplayError as exc:
             _fail(f"replay: {exc}", EXIT_USER)
         except (DeviceUnavailable, ExecutorUnavailable) as exc:

@@ -189,6 +189,7 @@ class RunEngine:
             min_delta=spec_gate.min_delta if config.min_delta is None else config.min_delta,
             min_win_rate=spec_gate.min_win_rate if config.min_win_rate is None else config.min_win_rate,
             screen=spec_gate.screen if config.screen is None else config.screen, screen_margin=spec_gate.screen_margin)
+        secret = new_secret()  # before anything is made: a bad AUTORESEARCH_RUN_SECRET leaves nothing behind
         runs_dir = Path(config.runs_dir)
         try:
             runs_dir.mkdir(parents=True, exist_ok=True)
@@ -201,7 +202,6 @@ class RunEngine:
         run_dir.mkdir()
         events = events or Events()
         events.stage("preparing data")
-        secret = new_secret()
         data = prepare_data(bench, run_dir / "data", secret)
         env = envinfo.environment(device, isolation)
         resolved = {"run": json.loads(config.model_dump_json()), "gate": gate.__dict__,

@@ -24,13 +24,18 @@ SEED_BITS = 31
 SECRET_ENV = "AUTORESEARCH_RUN_SECRET"
 
 
+class SecretError(ValueError):
+    """AUTORESEARCH_RUN_SECRET is set but is not a secret."""
+
+
 def new_secret() -> str:
     """A fresh secret; AUTORESEARCH_RUN_SECRET (64 hex digits, e.g. another run's, from its ledger)
     reuses one instead, to reproduce that run's seeds and predict set exactly."""
     given = os.environ.get(SECRET_ENV, "").strip().lower()
     if given:
         if len(given) != 64 or any(c not in "0123456789abcdef" for c in given):
-            raise ValueError(f"{SECRET_ENV} must be 64 hex digits")
+            raise SecretError(f"{SECRET_ENV} must be 64 hex digits (a run's secret, from its ledger), got "
+                              f"{len(given)} characters")
         return given
     return secrets.token_hex(32)
 
