@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from autoresearch.gate import GateResult
+from autoresearch.gate_v1 import GateResult
 
 if TYPE_CHECKING:
     from autoresearch.engine import ProposalRecord, RunEngine, TrialRecord

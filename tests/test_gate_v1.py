@@ -1,10 +1,10 @@
-"""The gate's statistics on synthetic data: no-effect candidates are accepted at most at alpha
+"""Gate v1 (legacy; goes with autoresearch/gate_v1.py). The gate's statistics on synthetic data: no-effect candidates are accepted at most at alpha
 over a whole run; a clear effect is accepted. This calibration test decides the choice of test."""
 
 import numpy as np
 import pytest
 
-from autoresearch.gate import GateConfig, decide, paired_t, screen_rejects
+from autoresearch.gate_v1 import GateConfig, decide, paired_t, screen_rejects
 from autoresearch.scoring import Metric
 
 ACC = Metric("accuracy", "higher")

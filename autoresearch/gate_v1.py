@@ -1,10 +1,13 @@
-"""The statistical gate: does a candidate truly beat the incumbent on paired seeds?
+"""Gate v1 (LEGACY, what the engine uses until it is wired to gate v2 in autoresearch.gate; delete
+this module and tests/test_gate_v1.py then).
+
+The statistical gate: does a candidate truly beat the incumbent on paired seeds?
 
 Paired one-sided t-test over per-seed metric differences (candidate and incumbent share each
 seed), at the Bonferroni level alpha / m where m is the run's proposal budget, so the chance of
 accepting any no-effect change over the whole run stays under alpha. A sign-flip test cannot go
 below 1/2^k (1/32 for 5 seeds) and a bootstrap over 5 seeds is anti-conservative; the t-test is
-calibrated for these differences (see tests/test_gate_calibration.py, which decides).
+calibrated for these differences (see tests/test_gate_v1.py, which decides).
 """
 
 from __future__ import annotations
