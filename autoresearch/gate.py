@@ -1,52 +1,50 @@
-"""Gate v2: does a candidate truly beat the incumbent, on the data distribution, not just on these
+"""Gate v2: does a candidate truly beat the incumbent on the data distribution, not just on these
 seeds and these test examples? A sequential paired test with alpha spending.
 
-Inputs. For each seed s (candidate and incumbent share it) and each test example i, the per-example
-score of both arms (for accuracy, 0/1 correctness). ``metric.improvement`` turns them into per-example
-improvements d[s, i] (positive = candidate better, whatever the metric's direction). The metric must
-be the mean of its per-example scores (accuracy, log loss; not F1 or AUC).
+Inputs. For each seed s (candidate and incumbent share it) and each test example i, both arms'
+per-example scores (for accuracy, 0/1 correctness). ``metric.improvement`` turns them into
+per-example improvements d[s, i] (positive = candidate better, whatever the metric's direction).
+The metric must be the mean of its per-example scores (accuracy, log loss; not F1 or AUC).
 
-Two sources of noise. The estimate is the grand mean D = mean over s and i of d[s, i]. Model
-d[s, i] = mu + a_s + b_i + e_si (seed effect, example effect, their interaction): the test set is a
-sample of examples, so b_i matters as much as a_s. Var(D) = var(a)/k + var(b)/n + var(e)/(kn),
-estimated from the two-way table by the method of moments:
-  * seed component: s2(per-seed mean differences) / k, the paired-t variance, unbiased for
-    var(a)/k + var(e)/(kn); floored at MS_res/(kn), the interaction noise that every seed mean
-    carries (estimated on (k-1)(n-1) df), so a chance tie of per-seed means cannot zero it;
-  * example component: max(0, s2(per-example means over seeds) - MS_res/k) / n, unbiased for var(b)/n
-    before truncation. When every seed gives the same differences (the same examples flipped on
-    every seed), the seed component is 0 and this one is the whole variance: p reflects the finite
-    test set, never 0 by construction.
-t = (D - min_delta) / se on df = min(k - 1, q - 1), q = the number of examples with any nonzero
-difference: the conservative rule (a variance estimated from k seeds, or from q nonzero terms, has
-no more df than that; Satterthwaite's df, tried first, was 3-10x anti-conservative at 2-4 seeds,
-because a chance-small seed spread makes the example component dominate the df). With few
-differing examples, t on q - 1 df is close to the exact sign (McNemar) test. If every d[s, i] is
-the same number, no noise is measurable and p = 1: nothing is accepted on an untestable result.
+Two sources of noise. The estimate is the grand mean D of d[s, i]. Model d[s, i] = mu + a_s + b_i
++ e_si (seed, example, interaction): the test set is a sample of examples, so b_i counts like a_s.
+Var(D) = var(a)/k + var(b)/n + var(e)/(kn), estimated from the k x n table by moments:
+  * seed component: s2(per-seed means) / k (the paired-t variance, unbiased for var(a)/k +
+    var(e)/(kn)), floored at MS_res/(kn): every seed mean carries the interaction noise, which
+    MS_res estimates on (k-1)(n-1) df, so a chance tie of per-seed means (accuracy moves in steps
+    of 1/n) cannot zero it;
+  * example component: max(0, s2(per-example means) - MS_res/k) / n, for var(b)/n. When every seed
+    gives the same differences (the same examples flipped on every seed) the seed component is 0
+    and this is the whole variance: p reflects the finite test set, never 0 by construction.
+t = (D - min_delta) / se on df = min(k - 1, q - 1), q = the examples with any nonzero difference:
+neither component has more df than that. With few differing examples this is close to the exact
+sign (McNemar) test. Satterthwaite's df was tried and rejected by simulation: 2-4x
+anti-conservative at 4-6 seeds when seed and example effects are both large. If every d[s, i] is
+the same number no noise is measurable, and p = 1: nothing untestable is accepted.
 
-Sequential design. Seeds come in stages (default 2, 4, 6, 10, 16 cumulative). Efficacy: the
-one-sided level alpha/m (m = the run's proposal budget, so the family-wise false-acceptance rate of
-a run stays <= alpha) is spent over the stages by the Lan-DeMets Pocock-type function
-alpha/m * ln(1 + (e - 1) * t), t = seeds / max seeds; the z boundaries come from the exact joint
-normal law of the stage statistics (numerical integration, corr = sqrt(t_i / t_j)) and each stage
-accepts when its t-test p is below the boundary's nominal level 1 - Phi(c_j). Pocock-type, not
-O'Brien-Fleming-type: with t-tests on 1-5 df at 2-6 seeds, OBF's early levels (1e-14, 5e-8, 8e-6
-at m=8) are unreachable, so no clear winner could ever stop early; Pocock's (0.0012, 0.0010, ...)
-let them stop at 4-6 seeds at a power cost of about 1% at 1.5 sd (scripts/bench_gate_power.py).
-The information fractions count seeds; the example component makes later stages more correlated
-than sqrt(k_i / k_j), which by Slepian's inequality only lowers the chance of a false crossing.
-Futility: a stage before the last rejects when p >= its futility level (default 0.5, 0.2, 0.1,
-0.05: at 2 seeds, "not better on average"). The bounds are non-binding: the efficacy boundaries
-are computed as if futility never stopped anything, so stopping can only lower false acceptance.
-The old one-seed val screen is this first stage. Nothing here depends on time or slots.
+Sequential design. Seeds come in stages (default 2, 4, 6, 10, 16 cumulative). The one-sided level
+alpha/m (m = the run's proposal budget, so the family-wise false-acceptance rate of a run stays
+<= alpha) is spent over the stages by alpha/m * t^2, t = seeds / max seeds (Kim & DeMets's power
+family, rho = 2, between Pocock-type and O'Brien-Fleming-type). The z boundaries come from the
+exact joint normal law of the stage statistics (numerical integration, corr = sqrt(t_i / t_j));
+a stage accepts when its p is below the boundary's nominal level 1 - Phi(c_j). Why t^2
+(scripts/bench_gate_power.py): Pocock-type spends a fifth of alpha/m at 2 seeds, where a t-test
+on 1 df cannot use it, and loses power (1 sd: 0.67 vs 0.71; 1.5 sd with test-set noise dominant:
+0.29 vs 0.40) for stopping clear winners about one seed sooner; O'Brien-Fleming-type gains
+little more power but accepts nothing before 10 seeds. Information fractions count seeds; the
+example component makes stages more correlated than that, which (Slepian's inequality) only
+lowers the chance of a false crossing. Futility: a stage before the last rejects when p >= its
+futility level (default 0.5, 0.2, 0.1, 0.05; 0.5 at 2 seeds is "not better on average"). The
+bounds are non-binding: the efficacy boundaries ignore them, so stopping early can only lower
+false acceptance. The old one-seed val screen is this first stage. Nothing depends on time or
+slots.
 
-Intervals: ``ci_low`` is the one-sided lower bound at the stage's own level (the repeated
-confidence bound: accept <=> ci_low > min_delta); ``ci95`` is the plain two-sided 95% interval with
-both components, not adjusted for stopping (after an early stop it tends to sit high).
-The 80%-of-seeds-won rule of gate v1 is gone: the test above is calibrated without it, it cost
-power (a 1.5-sd effect loses a seed 7% of the time, and accuracy ties count as losses) and it does
-not see the test-set noise. Calibration and power: tests/test_gate_calibration.py and
-scripts/bench_gate_power.py decide.
+Reported: ``ci_low``, the one-sided lower bound at the stage's own level (the repeated confidence
+bound: accept <=> ci_low > min_delta), and ``ci95``, the plain two-sided 95% interval with both
+components, not adjusted for stopping (after an early stop it tends to sit high). Gate v1's
+80%-of-seeds-won rule is gone: the test is calibrated without it, it cost power (a 1.5-sd effect
+loses a seed 7% of the time, and accuracy ties count as losses) and it cannot see test-set noise.
+tests/test_gate_calibration.py and scripts/bench_gate_power.py hold the simulations that decide.
 """
 
 from __future__ import annotations
@@ -61,7 +59,7 @@ from scipy import optimize, special, stats
 
 from autoresearch.scoring import Metric
 
-Spending = Literal["pocock", "obrien-fleming"]
+Spending = Literal["quadratic", "pocock", "obrien-fleming"]
 Action = Literal["accept", "reject", "continue"]
 
 
@@ -73,7 +71,7 @@ class GateConfig:
     proposals: int = 8  # m, the run's proposal budget: each proposal is tested at alpha / m
     stages: tuple[int, ...] = (2, 4, 6, 10, 16)  # cumulative paired seeds at each look
     futility: tuple[float, ...] = (0.5, 0.2, 0.1, 0.05)  # per stage but the last: reject when p >= this
-    spending: Spending = "pocock"  # Lan-DeMets spending function for alpha / m over the stages
+    spending: Spending = "quadratic"  # how alpha / m is spent over the stages (see the module docstring)
     min_delta: float = 0.0  # the improvement must exceed this (metric units), not just 0
 
     def __post_init__(self) -> None:
@@ -88,8 +86,8 @@ class GateConfig:
         if len(self.futility) != len(self.stages) - 1 or not all(0 < f <= 1 for f in self.futility):
             raise ValueError(f"futility needs one level in (0, 1] per stage but the last ({len(self.stages) - 1}), "
                              f"got {self.futility}")
-        if self.spending not in ("pocock", "obrien-fleming"):
-            raise ValueError(f"spending must be 'pocock' or 'obrien-fleming', got {self.spending!r}")
+        if self.spending not in ("quadratic", "pocock", "obrien-fleming"):
+            raise ValueError(f"spending must be 'quadratic', 'pocock' or 'obrien-fleming', got {self.spending!r}")
         if not math.isfinite(self.min_delta):
             raise ValueError("min_delta must be finite")
 
@@ -158,8 +156,11 @@ class StageDecision:
 # ----------------------------------------------------------------------------- boundaries
 
 def spent(t: np.ndarray, level: float, spending: Spending) -> np.ndarray:
-    """Cumulative one-sided alpha spent at information fractions t (Lan & DeMets 1983)."""
+    """Cumulative one-sided alpha spent at information fractions t: Kim & DeMets's power family with
+    rho = 2, or Lan & DeMets's Pocock-type and O'Brien-Fleming-type functions."""
     t = np.asarray(t, dtype=np.float64)
+    if spending == "quadratic":
+        return level * t**2
     if spending == "pocock":
         return level * np.log1p((math.e - 1) * t)
     return 2 * stats.norm.sf(stats.norm.isf(level / 2) / np.sqrt(t))
