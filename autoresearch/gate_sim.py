@@ -36,6 +36,8 @@ class Scenario:
         """Probit shift of the candidate giving a distribution-level accuracy gain ``effect``."""
         base_var = 1 + self.tau**2 + self.seed_sd**2
         base = stats.norm.cdf(self.mu / math.sqrt(base_var))
+        if not 0 < base + effect < 1:
+            raise ValueError(f"an accuracy gain of {effect} from {base:.3f} leaves (0, 1)")
         return float(stats.norm.ppf(base + effect) * math.sqrt(base_var + self.example_sd**2) - self.mu)
 
 

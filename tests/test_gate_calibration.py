@@ -154,6 +154,11 @@ def test_no_measurable_noise_is_never_accepted():
     # Right on every example where the incumbent is wrong on every one: nothing left to measure noise on.
     r = decide_stage(GateConfig.fixed(5, proposals=1), 0, [same] * 5, [1 - same] * 5, ACC)
     assert not r.accepted and r.p_value == 1.0 and "no noise" in r.detail
+    # The same with float scores: every loss lower by 0.3 leaves rounding-level spread, not noise.
+    loss = Metric("log_loss", "lower")
+    inc = np.linspace(0.4, 2.0, 100)
+    r = decide_stage(GateConfig.fixed(5, proposals=1), 0, [inc - 0.3] * 5, [inc] * 5, loss)
+    assert r.mean_difference == pytest.approx(0.3) and not r.accepted and r.p_value == 1.0
 
 
 # ------------------------------------------------------------------------ (c) power, early stopping
@@ -241,6 +246,16 @@ def test_decision_round_trips_through_json():
     back = StageDecision.from_dict(json.loads(json.dumps(r.to_dict(), allow_nan=False)))
     assert back == r and back.seeds == [7, 8] and back.stages == (2, 4, 6, 10, 16)
     assert back.accepted == r.accepted and (back.var_seeds, back.var_examples) == (r.var_seeds, r.var_examples)
+
+
+def test_extreme_designs_stay_finite_for_the_ledger():
+    """O'Brien-Fleming-type spending at 2 of 1000 seeds underflows to 0: boundaries stay finite."""
+    config = GateConfig(stages=(2, 1000), futility=(0.5,), spending="obrien-fleming", proposals=50)
+    rng = np.random.default_rng(23)
+    cand, inc = simulate(rng, Scenario(), 1, 2, effect=0.1)
+    r = decide_stage(config, 0, list(cand[0]), list(inc[0]), ACC)
+    assert math.isfinite(r.boundary_z) and math.isfinite(r.ci_low) and r.action == "continue"
+    json.dumps(r.to_dict(), allow_nan=False)
 
 
 def test_config_is_strict_and_round_trips():
