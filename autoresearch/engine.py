@@ -25,7 +25,7 @@ from autoresearch.agent.proposal import Proposal, ProposalRejected, apply_propos
 from autoresearch.benchmark import Benchmark, PreparedData, load_benchmark, prepare_data
 from autoresearch.config import RunConfig
 from autoresearch.datasets import DataMismatch
-from autoresearch.gate import GateConfig, GateResult, decide, screen_rejects
+from autoresearch.gate_v1 import GateConfig, GateResult, decide, screen_rejects
 from autoresearch.integrity import memorisation, seed_ignored, transductive
 from autoresearch.ledger import Ledger, LedgerError, dumps
 from autoresearch.records import RunRepo

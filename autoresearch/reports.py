@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from autoresearch.escaping import markdown_code, markdown_inline
-from autoresearch.gate import GateResult
+from autoresearch.gate_v1 import GateResult
 
 if TYPE_CHECKING:
     from autoresearch.engine import ProposalRecord, RunEngine, TrialRecord
