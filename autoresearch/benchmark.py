@@ -68,20 +68,26 @@ class BudgetSpec(_Strict):
 
 
 class GateDefaults(_Strict):
-    seeds: int = Field(default=5, ge=2)
+    """The gate's design for this benchmark (autoresearch.gate); a run may override alpha, min_delta
+    and the stages."""
+
     alpha: float = Field(default=0.05, gt=0, lt=1)
     min_delta: float = 0.0
-    min_win_rate: float = Field(default=0.8, ge=0, le=1)
-    screen: bool = True
-    screen_margin: float = Field(default=0.05, ge=0)
+    stages: tuple[int, ...] = Field(default=(2, 4, 6, 10, 16), description="cumulative paired seeds at each look")
+    futility: tuple[float, ...] = Field(default=(0.5, 0.2, 0.1, 0.05), description="per look but the last: "
+                                        "reject when p is at least this")
+    spending: Literal["quadratic", "pocock", "obrien-fleming"] = "quadratic"
+    verify_seeds: int = Field(default=5, ge=2, description="fresh seeds of the end-of-run verification")
 
     @model_validator(mode="before")
     @classmethod
-    def _drop_fixed_seed_bases(cls, data):
-        # Specs written before seeds were drawn per run (see autoresearch.seeding) name fixed seed
-        # bases; they no longer mean anything, and refusing those specs would only break users' copies.
+    def _drop_gate_v1_keys(cls, data):
+        # Specs written for gate v1 (fixed seeds and bases, a win-rate rule, a separate val screen):
+        # those keys mean nothing now (the screen is the first stage; seeds are drawn per run), and
+        # refusing such specs would only break users' copies.
         if isinstance(data, dict):
-            data = {k: v for k, v in data.items() if k not in ("gate_seed_base", "verify_seed_base")}
+            data = {k: v for k, v in data.items() if k not in ("gate_seed_base", "verify_seed_base", "seeds",
+                                                               "min_win_rate", "screen", "screen_margin")}
         return data
 
 

@@ -139,10 +139,14 @@ RUNS_DIR = click.option("--runs-dir", type=click.Path(path_type=Path), default=P
               help="JSON Lines file, one proposal object {title, hypothesis, edits} per line (no LLM).")
 @click.option("--proposals", type=int, default=None,
               help="Proposal budget m; the gate tests each at alpha/m. Default: lines in the file, or 8 with --idea.")
-@click.option("--seeds", type=click.IntRange(2, 100), default=None, help="Paired seeds per gate (default: the spec's, 5).")
+@click.option("--stages", default=None, metavar="K1,K2,...",
+              help="Cumulative paired seeds at each look of the sequential gate (default: the spec's, 2,4,6,10,16).")
+@click.option("--seeds", type=click.IntRange(2, 100), default=None,
+              help="A fixed design instead: one look at this many paired seeds (no early stop).")
 @click.option("--alpha", type=float, default=None, help="Family-wise false-acceptance rate over the run (default 0.05).")
 @click.option("--min-delta", type=float, default=None, help="Smallest improvement worth accepting (default 0).")
-@click.option("--no-screen", is_flag=True, help="Skip the one-seed validation screen.")
+@click.option("--no-screen", is_flag=True, hidden=True,
+              help="Deprecated, does nothing: the gate's first look replaced the one-seed screen.")
 @click.option("--no-verify", is_flag=True, help="Skip re-running the accepted chain on fresh seeds at the end.")
 @click.option("--slots", type=click.IntRange(1, 64), default=1, show_default=True, help="Trials run in parallel.")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
@@ -162,7 +166,7 @@ RUNS_DIR = click.option("--runs-dir", type=click.Path(path_type=Path), default=P
 @click.option("--time-budget", type=float, default=None, help="Stop starting proposals after this many seconds of work (summed over resumes).")
 @RUNS_DIR
 @_guard
-def run(benchmark, idea, proposals_file, proposals, seeds, alpha, min_delta, no_screen, no_verify, slots, executor,
+def run(benchmark, idea, proposals_file, proposals, stages, seeds, alpha, min_delta, no_screen, no_verify, slots, executor,
         ray_address, device, isolation, require_isolation, llm_base_url, model, gguf, max_llm_cost, time_budget,
         runs_dir):
     """Start a run: propose (from an idea or a file), gate, record and report."""
@@ -171,6 +175,14 @@ def run(benchmark, idea, proposals_file, proposals, seeds, alpha, min_delta, no_
 
     if bool(idea) == bool(proposals_file):
         raise click.UsageError("give exactly one of --idea or --proposals-file")
+    if stages is not None:
+        try:
+            stages = tuple(int(k) for k in stages.split(","))
+        except ValueError:
+            raise click.UsageError(f"--stages takes comma-separated seed counts, e.g. 2,4,6,10,16; got {stages!r}") \
+                from None
+        if seeds is not None:
+            raise click.UsageError("give --stages or --seeds, not both")
     if require_isolation and isolation == "none":
         raise click.UsageError("--require-isolation and --isolation none contradict each other")
     if require_isolation:
@@ -188,8 +200,8 @@ def run(benchmark, idea, proposals_file, proposals, seeds, alpha, min_delta, no_
             raise click.UsageError(f"{proposals_file}: no line is a JSON object; expected JSON Lines, one "
                                    '{"title", "hypothesis", "edits"} object per line')
     config = RunConfig(benchmark=benchmark, runs_dir=runs_dir, idea=idea,
-                       proposals=proposals or (len(lines) if lines else 8), seeds=seeds, alpha=alpha,
-                       min_delta=min_delta, screen=False if no_screen else None, verify=not no_verify, slots=slots,
+                       proposals=proposals or (len(lines) if lines else 8), stages=stages, seeds=seeds, alpha=alpha,
+                       min_delta=min_delta, verify=not no_verify, slots=slots,
                        executor=executor, ray_address=ray_address, device=device, isolation=isolation,
                        llm_base_url=llm_base_url, model=model, gguf=gguf, max_llm_cost=max_llm_cost,
                        time_budget=time_budget)

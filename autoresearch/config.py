@@ -15,11 +15,12 @@ class RunConfig(BaseModel):
     runs_dir: Path = Field(default=Path("runs"), description="where run folders are created")
     idea: str | None = Field(default=None, description="the research idea the agent pursues")
     proposals: int = Field(default=8, ge=1, le=10_000, description="proposal budget m (the gate tests at alpha/m)")
-    seeds: int | None = Field(default=None, ge=2, le=100, description="paired seeds per gate (default: the spec's)")
+    stages: tuple[int, ...] | None = Field(default=None, description="cumulative paired seeds at each look of the "
+                                           "sequential gate (default: the spec's, 2,4,6,10,16)")
+    seeds: int | None = Field(default=None, ge=2, le=100, description="a fixed design instead: one look at this many "
+                              "paired seeds (at alpha/m, no early stop)")
     alpha: float | None = Field(default=None, gt=0, lt=1, description="family-wise error over the run")
     min_delta: float | None = Field(default=None, description="smallest improvement worth accepting")
-    min_win_rate: float | None = Field(default=None, ge=0, le=1)
-    screen: bool | None = Field(default=None, description="one-seed val screen before the full gate")
     verify: bool = Field(default=True, description="re-run the accepted chain on fresh seeds at the end")
     slots: int = Field(default=1, ge=1, le=64, description="trials run in parallel")
     executor: Literal["local", "ray"] = "local"
@@ -36,6 +37,12 @@ class RunConfig(BaseModel):
     time_budget: float | None = Field(default=None, gt=0, description="seconds; stop starting proposals after it")
     llm_timeout: float = Field(default=600.0, gt=0)
     parse_retries: int = Field(default=2, ge=0, le=10)
+
+    @model_validator(mode="after")
+    def _one_design(self):
+        if self.stages is not None and self.seeds is not None:
+            raise ValueError("give the gate's stages or a fixed number of seeds, not both")
+        return self
 
     @model_validator(mode="before")
     @classmethod

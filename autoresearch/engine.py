@@ -22,10 +22,10 @@ import numpy as np
 
 from autoresearch import envinfo
 from autoresearch.agent.proposal import Proposal, ProposalRejected, apply_proposal
-from autoresearch.benchmark import Benchmark, PreparedData, load_benchmark, prepare_data
+from autoresearch.benchmark import Benchmark, BenchmarkError, PreparedData, load_benchmark, prepare_data
 from autoresearch.config import RunConfig
 from autoresearch.datasets import DataMismatch
-from autoresearch.gate_v1 import GateConfig, GateResult, decide, screen_rejects
+from autoresearch.gate import GateConfig, StageDecision, decide_stage
 from autoresearch.integrity import memorisation, seed_ignored, transductive
 from autoresearch.ledger import Ledger, LedgerError, dumps
 from autoresearch.records import RunRepo
@@ -105,6 +105,11 @@ class TrialRecord:
     def ok(self) -> bool:
         return self.status == TrialStatus.OK.value
 
+    def correct(self, which: str) -> np.ndarray:
+        """Per example, 0/1: "test" (the originals) or "perturbed" (their copies)."""
+        raw = self.test_correct if which == "test" else self.perturbed_correct
+        return np.frombuffer(raw or b"", dtype=np.int8)
+
 
 @dataclass
 class ProposalRecord:
@@ -115,7 +120,7 @@ class ProposalRecord:
     reason: str
     detail: str
     diff: str = ""
-    gate: GateResult | None = None
+    gate: StageDecision | None = None  # the gate's last look
     commit: str | None = None
     report_path: str | None = None
     candidate_trials: list[TrialRecord] = field(default_factory=list)
@@ -163,8 +168,8 @@ class LocalExecutor:
 
 class RunEngine:
     def __init__(self, *, run_dir: Path, run_id: str, bench: Benchmark, data: PreparedData, ledger: Ledger,
-                 repo: RunRepo, config: RunConfig, gate: GateConfig, isolation: str, device: str, env: dict,
-                 executor: Executor, secret: str, events: Events | None = None):
+                 repo: RunRepo, config: RunConfig, gate: GateConfig, verify_count: int, isolation: str, device: str,
+                 env: dict, executor: Executor, secret: str, events: Events | None = None):
         self.run_dir, self.run_id, self.bench, self.data = run_dir, run_id, bench, data
         self.ledger, self.repo, self.config, self.gate = ledger, repo, config, gate
         self.isolation, self.device, self.env = isolation, device, env
@@ -173,8 +178,8 @@ class RunEngine:
         self.metric = Metric(bench.spec.metric.name, bench.spec.metric.direction)
         self.secret = secret
         # Drawn per run from its secret (autoresearch.seeding): unpredictable, and alike whatever they are for.
-        self.gate_seeds = draw_seeds(secret, "gate", gate.seeds)
-        self.verify_seeds = draw_seeds(secret, "verify", gate.seeds)
+        self.gate_seeds = draw_seeds(secret, "gate", gate.max_seeds)  # the first stages[i] of them at look i
+        self.verify_seeds = draw_seeds(secret, "verify", verify_count)
 
     # ------------------------------------------------------------------ creation
 
@@ -183,12 +188,7 @@ class RunEngine:
         bench = load_benchmark(config.benchmark)
         isolation = isolation_level(config.isolation)
         device = envinfo.resolve_device(config.device)
-        spec_gate = bench.spec.gate
-        gate = GateConfig(
-            seeds=config.seeds or spec_gate.seeds, alpha=config.alpha or spec_gate.alpha, proposals=config.proposals,
-            min_delta=spec_gate.min_delta if config.min_delta is None else config.min_delta,
-            min_win_rate=spec_gate.min_win_rate if config.min_win_rate is None else config.min_win_rate,
-            screen=spec_gate.screen if config.screen is None else config.screen, screen_margin=spec_gate.screen_margin)
+        gate = gate_config(config, bench)
         secret = new_secret()  # before anything is made: a bad AUTORESEARCH_RUN_SECRET leaves nothing behind
         runs_dir = Path(config.runs_dir)
         try:
@@ -204,11 +204,12 @@ class RunEngine:
         events.stage("preparing data")
         data = prepare_data(bench, run_dir / "data", secret)
         env = envinfo.environment(device, isolation)
-        resolved = {"run": json.loads(config.model_dump_json()), "gate": gate.__dict__,
+        resolved = {"run": json.loads(config.model_dump_json()), "gate": gate.to_dict(),
+                    "verify_seeds": bench.spec.gate.verify_seeds,
                     "budget": bench.spec.budget.model_dump(), "benchmark": bench.spec.model_dump(),
                     "benchmark_root": str(bench.root), "predict_fingerprint": data.predict_fingerprint,
-                    "seeds": {"gate": draw_seeds(secret, "gate", gate.seeds),
-                              "verify": draw_seeds(secret, "verify", gate.seeds)}}
+                    "seeds": {"gate": draw_seeds(secret, "gate", gate.max_seeds),
+                              "verify": draw_seeds(secret, "verify", bench.spec.gate.verify_seeds)}}
         (run_dir / "config.json").write_text(json.dumps(resolved, indent=2, default=str))
         repo = RunRepo.create(run_dir / "repo", bench.template_files(),
                               f"baseline: {bench.name} v{bench.spec.version} template\n\n"
@@ -219,7 +220,7 @@ class RunEngine:
                           counts_json=dumps(data.counts), env_json=dumps(env), isolation=isolation,
                           baseline_commit=repo.baseline, secret=secret)
         return cls(run_dir=run_dir, run_id=run_id, bench=bench, data=data, ledger=ledger, repo=repo, config=config,
-                   gate=gate, isolation=isolation, device=device, env=env, executor=executor or LocalExecutor(config.slots),
+                   gate=gate, verify_count=bench.spec.gate.verify_seeds, isolation=isolation, device=device, env=env, executor=executor or LocalExecutor(config.slots),
                    secret=secret, events=events)
 
     @classmethod
@@ -257,14 +258,22 @@ class RunEngine:
                 raise DataMismatch("the predict set prepared now differs from the one this run was started on")
         if data.fingerprints != json.loads(row["fingerprints_json"]):
             raise DataMismatch("the data prepared now differs from the data this run was started on; refusing to go on")
-        gate = GateConfig(**resolved["gate"])
+        try:
+            gate = GateConfig(**resolved["gate"])
+        except (TypeError, ValueError):
+            if not read_only:
+                raise LedgerError(f"{run_dir} was judged by gate v1 (fixed seeds, paired t); it can be shown, not "
+                                  "resumed or re-verified") from None
+            old = resolved["gate"]  # shown only: its numbers come from the records, not from this design
+            gate = GateConfig(alpha=old.get("alpha", 0.05), proposals=old.get("proposals", 1))
         isolation = row["isolation"] if read_only else isolation_level(config.isolation)
         if isolation != row["isolation"] and row["isolation"] == "bubblewrap":
             raise IsolationUnavailable("this run was started in the bubblewrap sandbox; it cannot go on without it")
         device = json.loads(row["env_json"]).get("device", "cpu").split(" ")[0] if read_only else \
             envinfo.resolve_device(config.device)
         engine = cls(run_dir=run_dir, run_id=row["id"], bench=bench, data=data, ledger=ledger,
-                     repo=RunRepo(run_dir / "repo"), config=config, gate=gate, isolation=isolation, device=device,
+                     repo=RunRepo(run_dir / "repo"), config=config, gate=gate,
+                     verify_count=int(resolved.get("verify_seeds", 5)), isolation=isolation, device=device,
                      env=json.loads(row["env_json"]), executor=executor or LocalExecutor(config.slots),
                      secret=secret or "00" * 32, events=events)
         if not secret:  # a protocol-1 run, shown read-only: its seeds were the spec's fixed bases
@@ -438,10 +447,15 @@ class RunEngine:
         rows = self.ledger.proposals(self.run_id)
         return (max(r["idx"] for r in rows) + 1) if rows else 1
 
-    def ensure_baseline(self) -> list[TrialRecord]:
+    def ensure_baseline(self, seeds: int | None = None) -> list[TrialRecord]:
+        """The incumbent's trials on the first ``seeds`` gate seeds (default: the gate's first look),
+        trained once and cached; a failure of the incumbent itself stops the run."""
         self.events.stage("training the incumbent on the gate seeds (cached after the first time)")
         _, files = self.incumbent
-        trials = self.run_trials(files, self.gate_seeds, role="incumbent")
+        return self._incumbent_trials(files, self.gate_seeds[:seeds or self.gate.stages[0]])
+
+    def _incumbent_trials(self, files: dict[str, str], seeds: list[int]) -> list[TrialRecord]:
+        trials = self.run_trials(files, seeds, role="incumbent")
         bad = [t for t in trials if not t.ok]
         if bad:
             raise RuntimeError(f"the incumbent itself failed on seed {bad[0].seed}: {bad[0].status}: {bad[0].detail}\n"
@@ -518,35 +532,26 @@ class RunEngine:
         return record
 
     def _gate(self, record: ProposalRecord, incumbent_files: dict[str, str], new_files: dict[str, str]) -> None:
-        seeds = self.gate_seeds
-        record.incumbent_trials = self.ensure_baseline() if files_hash(incumbent_files) == files_hash(
-            self.repo.files_at(self.repo.accepted_tip)) else self.run_trials(incumbent_files, seeds, role="incumbent")
-        self._check_matched(record.incumbent_trials)
-        first = seeds[:1] if self.gate.screen else seeds
-        cand = self.run_trials(new_files, first, role="candidate", proposal_idx=record.idx)
-        if self._failed(record, cand):
+        """The sequential gate (autoresearch.gate): at each look, the first stages[i] gate seeds of both
+        arms (trials of earlier looks and the incumbent's are cached), failure and integrity checks,
+        then one decide_stage; the first look that accepts or rejects ends it."""
+        for stage, count in enumerate(self.gate.stages):
+            seeds = self.gate_seeds[:count]
+            record.incumbent_trials = self._incumbent_trials(incumbent_files, seeds)
+            cand = self.run_trials(new_files, seeds, role="candidate", proposal_idx=record.idx)
             record.candidate_trials = cand
-            return
-        if self.gate.screen:
-            inc0 = record.incumbent_trials[0]
-            if screen_rejects(cand[0].val_metric, inc0.val_metric, metric=self.metric, config=self.gate):
-                record.candidate_trials = cand
-                record.reason = "not_better"
-                record.detail = (f"screened out on one seed: val {self.metric.name} {cand[0].val_metric:.4f} vs "
-                                 f"incumbent {inc0.val_metric:.4f}, worse by more than {self.gate.screen_margin}")
+            if self._failed(record, cand):
                 return
-            cand = cand + self.run_trials(new_files, seeds[1:], role="candidate", proposal_idx=record.idx)
-        record.candidate_trials = cand
-        if self._failed(record, cand):
-            return
-        self._check_matched(cand)
-        if self._integrity_fails(record, cand, record.incumbent_trials):
-            return
-        result = decide(seeds, [t.test_metric for t in cand], [t.test_metric for t in record.incumbent_trials],
-                        metric=self.metric, config=self.gate)
-        record.gate = result
-        record.decision = "accepted" if result.accepted else "rejected"
-        record.reason, record.detail = result.reason, result.detail
+            self._check_matched(cand + record.incumbent_trials)
+            if self._integrity_fails(record, cand, record.incumbent_trials):
+                return
+            result = decide_stage(self.gate, stage, [t.correct("test") for t in cand],
+                                  [t.correct("test") for t in record.incumbent_trials], self.metric, seeds=seeds)
+            record.gate = result
+            if result.action != "continue":
+                break
+        record.decision = "accepted" if record.gate.accepted else "rejected"
+        record.reason, record.detail = record.gate.reason or "not_better", record.gate.detail
 
     def _integrity_fails(self, record: ProposalRecord, cand: list[TrialRecord], inc: list[TrialRecord]) -> bool:
         """The checks that no statistic can make: one fixed draw on every seed (``seed_ignored``),
@@ -556,11 +561,9 @@ class RunEngine:
             record.reason, record.detail = "seed_ignored", problem
             return True
         if all(t.perturbed_correct for t in cand + inc):
-            pairs = [(np.frombuffer(t.test_correct, np.int8), np.frombuffer(t.perturbed_correct, np.int8))
-                     for t in cand]
+            pairs = [(t.correct("test"), t.correct("perturbed")) for t in cand]
             base = {t.seed: t for t in inc}
-            inc_pairs = [(np.frombuffer(base[t.seed].test_correct, np.int8),
-                          np.frombuffer(base[t.seed].perturbed_correct, np.int8)) for t in cand]
+            inc_pairs = [(base[t.seed].correct("test"), base[t.seed].correct("perturbed")) for t in cand]
             check = memorisation(pairs, inc_pairs, margin=self.bench.spec.integrity.memorised_margin)
             if check is not None:
                 record.integrity["memorisation"] = {"excess_drop": check.excess_drop, "z": check.z,
@@ -628,12 +631,18 @@ class RunEngine:
         cand = [self._record_from_row(r, True) for r in rows if r["proposal_idx"] == record.idx]
         cand.sort(key=lambda t: t.seed)
         inc_hash = files_hash(self.repo.files_at(self.ledger.proposal(self.run_id, record.idx)["parent_commit"]))
+        used = {t.seed for t in cand}  # the looks the gate took: its incumbent trials on those seeds
         inc = {r["seed"]: self._record_from_row(r, True) for r in rows
-               if r["code_hash"] == inc_hash and r["seed"] in self.gate_seeds}
+               if r["code_hash"] == inc_hash and r["seed"] in used and r["role"] == "incumbent"}
         return cand, [inc[s] for s in sorted(inc)]
 
     def load_record(self, row: dict) -> ProposalRecord:
-        gate = GateResult(**json.loads(row["gate_json"])) if row["gate_json"] else None
+        gate = None
+        if row["gate_json"]:
+            try:
+                gate = StageDecision.from_dict(json.loads(row["gate_json"]))
+            except (TypeError, ValueError, KeyError):
+                gate = None  # judged by gate v1 (an older run, shown read-only): its detail says what it found
         rec = ProposalRecord(idx=row["idx"], title=row["title"], hypothesis=row["hypothesis"],
                              decision=row["decision"] or "rejected", reason=row["reason"] or "", detail=row["detail"] or "",
                              diff=row["diff"] or "", gate=gate, commit=row["commit_sha"],
@@ -663,10 +672,10 @@ class RunEngine:
         if bad is not None:
             return {"accepted": len(chain), "verified": False,
                     "detail": f"verification trial failed on seed {bad.seed}: {bad.status}: {bad.detail}"}
-        cfg = GateConfig(seeds=self.gate.seeds, alpha=self.gate.alpha, proposals=1, min_delta=self.gate.min_delta,
-                         min_win_rate=self.gate.min_win_rate, screen=False)
-        result = decide(self.verify_seeds, [t.test_metric for t in final], [t.test_metric for t in base],
-                        metric=self.metric, config=cfg)
+        # One look at all the fresh seeds, the run's alpha and min_delta, m = 1: one claim is checked.
+        cfg = GateConfig.fixed(len(self.verify_seeds), alpha=self.gate.alpha, proposals=1, min_delta=self.gate.min_delta)
+        result = decide_stage(cfg, 0, [t.correct("test") for t in final], [t.correct("test") for t in base],
+                              self.metric, seeds=self.verify_seeds)
         return {"accepted": len(chain), "verified": True, "holds": result.accepted, "seeds": self.verify_seeds,
                 "baseline_mean": float(np.mean([t.test_metric for t in base])),
                 "final_mean": float(np.mean([t.test_metric for t in final])), "gate": result.to_dict(),
@@ -741,6 +750,22 @@ def commit_message(record: ProposalRecord, engine: RunEngine) -> str:
             f"Autoresearch-Versions: python={versions.get('python')} torch={versions.get('torch')} "
             f"numpy={versions.get('numpy')}\n"
             f"Autoresearch-Run: {engine.run_id}\n")
+
+
+def gate_config(config: RunConfig, bench: Benchmark) -> GateConfig:
+    """The run's gate: the spec's design, with the run's alpha, min_delta and stages (or a fixed
+    number of seeds: one look) where given; m is the run's proposal budget."""
+    spec = bench.spec.gate
+    stages = (config.seeds,) if config.seeds else tuple(config.stages or spec.stages)
+    # One futility level per look but the last: the spec's, cut or repeated to fit other stages.
+    futility = tuple((list(spec.futility) + [spec.futility[-1] if spec.futility else 0.05] * len(stages))
+                     [:len(stages) - 1])
+    try:
+        return GateConfig(alpha=config.alpha or spec.alpha, proposals=config.proposals, stages=stages,
+                          futility=futility, spending=spec.spending,
+                          min_delta=spec.min_delta if config.min_delta is None else config.min_delta)
+    except ValueError as exc:
+        raise BenchmarkError(f"invalid gate design: {exc}") from None
 
 
 def read_proposal_lines(text: str) -> list[str]:

@@ -116,7 +116,8 @@ def verify_replay(run_dir: Path, result: ReplayResult, *, seed_base: int | None 
     # (or, with --seed-base, consecutive seeds the user chose and the output states).
     from autoresearch.seeding import draw_seeds, new_secret
 
-    engine.verify_seeds = ([seed_base + i for i in range(engine.gate.seeds)] if seed_base is not None
-                           else draw_seeds(new_secret(), "replay-verify", engine.gate.seeds))
+    count = len(engine.verify_seeds)
+    engine.verify_seeds = ([seed_base + i for i in range(count)] if seed_base is not None
+                           else draw_seeds(new_secret(), "replay-verify", count))
     headline = engine.verify_chain(final_files=tree_files(repo.head.commit), baseline_files=tree_files(base_commit))
     return headline

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from autoresearch.escaping import markdown_code, markdown_inline
-from autoresearch.gate_v1 import GateResult
+from autoresearch.gate import StageDecision
 
 if TYPE_CHECKING:
     from autoresearch.engine import ProposalRecord, RunEngine, TrialRecord
@@ -125,17 +125,22 @@ def _integrity_section(record: "ProposalRecord", engine: "RunEngine") -> list[st
     return lines + [""]
 
 
-def _gate_section(gate: GateResult, engine: "RunEngine") -> str:
+def _gate_section(gate: StageDecision, engine: "RunEngine") -> str:
     g = engine.gate
+    looks = ", ".join(str(k) for k in gate.stages)
     return "\n".join([
+        f"- look {gate.stage + 1} of {len(gate.stages)} (cumulative paired seeds per look: {looks}); this look used "
+        f"{len(gate.seeds)} seeds x {gate.examples} test examples; decision: **{gate.action}**",
         f"- mean improvement (candidate minus incumbent, test {engine.metric.name}): **{gate.mean_difference:+.4f}**",
-        f"- 95% confidence interval (paired t, {len(gate.seeds) - 1} df): [{gate.ci95[0]:+.4f}, {gate.ci95[1]:+.4f}]",
-        f"- one-sided lower confidence bound at level 1 - alpha/m = {1 - gate.threshold:.5f}: {gate.ci_low:+.4f} "
-        f"(must exceed min_delta = {g.min_delta})",
-        f"- one-sided paired t-test p-value: {gate.p_value:.3g} (threshold alpha/m = {g.alpha}/{g.proposals} = "
-        f"{gate.threshold:.5g})",
-        f"- seeds won: {gate.win_rate:.0%} (needs {g.min_win_rate:.0%})",
-        "- checks: " + ", ".join(f"{k}={'pass' if v else 'FAIL'}" for k, v in gate.checks.items()),
+        f"- variance of that mean from two sources of noise: seeds {gate.var_seeds:.3g}, test examples "
+        f"{gate.var_examples:.3g} (standard error {gate.se:.4f}); t = {gate.statistic:.3g} on {gate.df:g} df",
+        f"- 95% interval (both sources, not adjusted for stopping early): [{gate.ci95[0]:+.4f}, {gate.ci95[1]:+.4f}]",
+        f"- one-sided p = {gate.p_value:.3g} against this look's boundary {gate.boundary:.3g} (alpha/m = "
+        f"{g.alpha}/{g.proposals} = {gate.threshold:.4g}, spent {gate.spending} over the looks: {gate.alpha_spent:.3g} "
+        "so far)" + (f"; futility: reject at p >= {gate.futility}" if gate.futility is not None else ""),
+        f"- lower confidence bound at this look's level: {gate.ci_low:+.4f} (accept only above min_delta = "
+        f"{gate.min_delta})",
+        f"- seeds won: {gate.win_rate:.0%} (descriptive, not a rule)",
     ])
 
 
@@ -232,7 +237,8 @@ def write_proposal_report(engine: "RunEngine", record: "ProposalRecord") -> Path
         "- data fingerprints (sha256): " + ", ".join(f"{k}=`{v[:16]}…`" for k, v in engine.data.fingerprints.items()),
         "- example counts: " + ", ".join(f"{k}={v}" for k, v in engine.data.counts.items()) +
         " (identical for candidate and incumbent, checked per trial)",
-        f"- gate seeds: {engine.gate_seeds}; screen: {'on, margin ' + str(engine.gate.screen_margin) if engine.gate.screen else 'off'}",
+        f"- gate: looks at {', '.join(map(str, engine.gate.stages))} paired seeds (seeds drawn for this run: "
+        f"{engine.gate_seeds[:max(engine.gate.stages)]})",
         f"- budget: {spec.budget.epochs} epochs, batch {spec.budget.batch_size}, train {spec.budget.train_seconds:g}s + "
         f"predict {spec.budget.predict_seconds:g}s (+{spec.budget.grace_seconds:g}s start-up grace), "
         f"{spec.budget.memory_mb} MiB, {spec.budget.max_processes} processes, {spec.budget.threads} thread(s)",
@@ -303,9 +309,10 @@ def write_summary(engine: "RunEngine", headline: dict) -> Path:
              f"- benchmark: `{spec.name}` v{spec.version}; idea: "
              f"{markdown_inline(engine.config.idea) if engine.config.idea else '(proposals file)'}",
              f"- proposals: {len(records)} decided of a budget of {engine.gate.proposals}; accepted: {len(accepted)}",
-             f"- gate: {engine.gate.seeds} paired seeds on test, one-sided paired t, alpha={engine.gate.alpha}, "
-             f"m={engine.gate.proposals} (per-test threshold {engine.gate.threshold:.4g}), min_delta={engine.gate.min_delta}, "
-             f"min win rate {engine.gate.min_win_rate:.0%}",
+             f"- gate: sequential, paired seeds in looks of {', '.join(map(str, engine.gate.stages))} on test, "
+             f"noise of seeds and test examples, alpha={engine.gate.alpha} over the run, m={engine.gate.proposals} "
+             f"(each proposal at {engine.gate.threshold:.4g}, spent {engine.gate.spending} over its looks), "
+             f"min_delta={engine.gate.min_delta}",
              f"- isolation: **{engine.isolation}**" + ("" if engine.isolation == "bubblewrap" else
                                                       " (no sandbox: candidate code ran with the user's rights)") +
              f"; device: {engine.env.get('device')}",

@@ -41,7 +41,7 @@ EFFECTS = {"worse": -1.0, "1 sd": 1.0, "1.5 sd": 1.5, "2 sd": 2.0, "3 sd": 3.0}
 
 
 def landed_rule(d: np.ndarray, *, k: int = 5, threshold: float = ALPHA / M) -> tuple[np.ndarray, np.ndarray]:
-    """Gate v1 on per-seed accuracy differences, vectorised (same arithmetic as gate_v1.decide)."""
+    """Gate v1 on per-seed accuracy differences, vectorised (the landed rule: paired t at alpha/m, 80% wins)."""
     diffs = d[:, :k].mean(axis=2)
     mean, sd = diffs.mean(axis=1), diffs.std(axis=1, ddof=1)
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -25,8 +25,8 @@ from conftest import AUTORESEARCH, copy_benchmark, proposal_line
 
 pytestmark = pytest.mark.slow
 
-# Three cheap proposals: two screened out on one seed each, one malformed (4 trials in all with
-# the incumbent's 2 seeds).
+# Three cheap proposals: two rejected at the gate's one look of 2 seeds (--seeds 2), one malformed
+# (6 trials in all with the incumbent's 2 seeds).
 TINY_LR = proposal_line("Tiny learning rate", [{"path": "optim.py", "search": "lr=0.01", "replace": "lr=1e-6"}])
 TINIER_LR = proposal_line("Tinier learning rate", [{"path": "optim.py", "search": "lr=0.01", "replace": "lr=1e-7"}])
 LINES = [TINY_LR, "{not json", TINIER_LR]
@@ -101,7 +101,7 @@ def reference(setup) -> dict:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     snap = snapshot(_only_run(runs))
     assert [p[3] for p in snap["proposals"]] == ["not_better", "invalid_proposal", "not_better"]
-    assert len(snap["trials"]) == 4
+    assert len(snap["trials"]) == 6
     return snap
 
 

@@ -174,12 +174,12 @@ FIXED_PLUS_NOISE = _line("a fixed draw plus seeded noise too small to matter", [
 @pytest.mark.slow
 def test_one_fixed_draw_on_every_seed_is_seed_ignored(tmp_path):
     """The paired test cannot see a private constant seed (every gate seed repeats one lucky draw);
-    the harness's weight sketches can. No screen here, so both proposals reach the check."""
+    the harness's weight sketches can. A fixed design of two seeds: both proposals reach the check."""
     bench = copy_benchmark(tmp_path / "bench", train_seconds=20, predict_seconds=15, grace_seconds=15)
     proposals = tmp_path / "p.jsonl"
     proposals.write_text(FIXED_DRAW + "\n" + FIXED_PLUS_NOISE + "\n")
     out = subprocess.run([AUTORESEARCH, "run", "--benchmark", str(bench), "--proposals-file", str(proposals),
-                          "--seeds", "2", "--no-screen", "--no-verify", "--runs-dir", str(tmp_path / "runs")],
+                          "--seeds", "2", "--no-verify", "--runs-dir", str(tmp_path / "runs")],
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     (ledger,) = (tmp_path / "runs").glob("*/ledger.sqlite")

@@ -46,7 +46,7 @@ def none_run(tmp_path_factory, fast_bench) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         no_bubblewrap(mp)
         code, out = cli("run", "--isolation", "none", "--benchmark", fast_bench, "--proposals-file", root / "p.jsonl",
-                        "--seeds", 2, "--no-screen", "--no-verify", "--runs-dir", root / "runs")
+                        "--seeds", 2, "--no-verify", "--runs-dir", root / "runs")
     assert code == 0, out
     assert "isolation none: proposals run WITHOUT a sandbox" in out
     (run_dir,) = (root / "runs").iterdir()

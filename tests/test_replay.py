@@ -152,8 +152,7 @@ def test_verify_measures_against_the_baseline_tag(tmp_path, monkeypatch):
         seen["baseline"], seen["final"] = baseline_files, final_files
         return {"verified": False, "detail": "recorded"}
 
-    engine = SimpleNamespace(bench=SimpleNamespace(spec=SimpleNamespace(gate=SimpleNamespace(verify_seed_base=1))),
-                             gate=SimpleNamespace(seeds=2), verify_chain=verify_chain)
+    engine = SimpleNamespace(verify_seeds=[7, 8], verify_chain=verify_chain)
     monkeypatch.setattr("autoresearch.engine.RunEngine.open", classmethod(lambda cls, *a, **k: engine))
     verify_replay(run_dir, result, seed_base=100)
     assert seen["baseline"] == base and "torch.optim.Adam" in seen["final"]["optim.py"]

@@ -13,7 +13,9 @@ from markdown_it import MarkdownIt
 
 from autoresearch.benchmark import load_benchmark
 from autoresearch.engine import ProposalRecord, TrialRecord
-from autoresearch.gate import GateConfig, decide
+import numpy as np
+
+from autoresearch.gate import GateConfig, decide_stage
 from autoresearch.ledger import Ledger
 from autoresearch.reports import run_summary_json, write_proposal_report, write_summary
 from autoresearch.scoring import Metric
@@ -59,7 +61,7 @@ def fake_engine(tmp_path: Path, records: list[ProposalRecord], idea: str = "adap
         run_dir=tmp_path, run_id="r1", bench=load_benchmark("digits-mlp"), ledger=ledger,
         config=SimpleNamespace(idea=idea), metric=Metric("accuracy", "higher"),
         data=SimpleNamespace(counts={"train": 1000, "val": 300, "test": 497}, fingerprints={"train": "a" * 64}),
-        gate=GateConfig(seeds=2, proposals=len(records)), gate_seeds=[1, 2], isolation="bubblewrap",
+        gate=GateConfig.fixed(2, proposals=len(records)), gate_seeds=[1, 2], isolation="bubblewrap",
         env={"device": "cpu", "versions": {"python": "3.11"}}, device="cpu", records=lambda: records)
 
 
@@ -87,14 +89,15 @@ def test_reports_survive_any_summary_shape(tmp_path):
 
 
 def test_well_formed_summaries_still_show(tmp_path):
-    good = {"train": {"run": 1.5}, "predict": {"run": 0.25}, "device": "cpu", "log_tail": "RuntimeError: boom",
-            "train_report": {"device": "cuda:0 (H100)",
+    good = {"train": {"run": 1.5, "cpu": 1.25}, "predict": {"run": 0.25}, "device": "cpu",
+            "log_tail": "RuntimeError: boom",
+            "train_report": {"device": "cuda:0 (H100)", "compute": {"train_examples": 10000},
                              "determinism": {"bit_reproducible": False, "nondeterministic_ops": ["aten::index_add"]}},
             "secondary": {"macro_f1": 0.5, "per_class_accuracy": [0.25, None], "unavailable": "needs evaluate"}}
     record = ProposalRecord(idx=1, title="t", hypothesis="h", decision="rejected", reason="crash", detail="d",
                             candidate_trials=[trial(1, good)], incumbent_trials=[])
     (report,), _, summary = write_all(fake_engine(tmp_path, [record]), [record])
-    for needle in ["| 1.50 | 0.25 |", "cuda:0 (H100)", "aten::index\\_add", "| 0.5000 |", "0.25 -", "> needs evaluate",
+    for needle in ["| 10,000 / - | 1.25 / - | 0.25 |", "cuda:0 (H100)", "aten::index\\_add", "| 0.5000 |", "0.25 -", "> needs evaluate",
                    "sandboxed train 1.5s, predict 0.2s", "RuntimeError: boom"]:
         assert needle in report, needle
     assert summary["proposals"][0]["per_seed"][0]["device"] == "cpu"
@@ -131,8 +134,11 @@ def reports_for(tmp_path: Path, title: str, hypothesis: str, detail: str, idea: 
     seeds = [1, 2]
     cand = [trial(s, {"log_tail": TAIL}, status="ok" if s == 2 else "crash", metric=0.9) for s in seeds]
     inc = [trial(s, {}, status="ok", role="incumbent", metric=0.8) for s in seeds]
-    gate = decide(seeds, [0.9, 0.95], [0.8, 0.85], metric=Metric("accuracy", "higher"),
-                  config=GateConfig(seeds=2, proposals=2))
+    rng = np.random.default_rng(0)
+    cand_scores = [(rng.random(500) < p).astype(np.int8) for p in (0.9, 0.95)]
+    inc_scores = [(rng.random(500) < p).astype(np.int8) for p in (0.8, 0.85)]
+    gate = decide_stage(GateConfig.fixed(2, proposals=2), 0, cand_scores, inc_scores, Metric("accuracy", "higher"),
+                        seeds=seeds)
     records = [ProposalRecord(idx=i, title=title, hypothesis=hypothesis, decision="rejected", reason="crash",
                               detail=detail, diff=DIFF, gate=gate, candidate_trials=cand, incumbent_trials=inc)
                for i in (1, 2)]

@@ -141,3 +141,20 @@ def test_list_and_benchmarks(finished_run):
     items = json.loads(cli("benchmarks", "--json").stdout)
     digits = next(i for i in items if i["name"] == "digits-mlp")
     assert all(Path(p).is_absolute() and Path(p).is_file() for p in digits["editable"])
+
+
+def test_the_sequential_gate_stops_as_soon_as_the_evidence_allows(finished_run):
+    """A no-effect change ends at the first look (2 seeds); a clear winner is accepted at one of the
+    looks, never with more seeds than the look it stopped at; reports give both noise components."""
+    run_dir, summary, _ = finished_run
+    by_title = {p["title"]: p for p in summary["proposals"]}
+
+    def candidate_seeds(title):
+        return sorted(s["seed"] for s in by_title[title]["per_seed"] if s["role"] == "candidate")
+
+    assert len(candidate_seeds("Add a comment")) == 2
+    adam = candidate_seeds("Adam optimizer")
+    assert len(adam) in (2, 4, 6, 10, 16)
+    report = (run_dir / by_title["Adam optimizer"]["report"]).read_text()
+    assert f"this look used {len(adam)} seeds x 500 test examples" in report
+    assert "two sources of noise: seeds" in report and "test examples" in report
