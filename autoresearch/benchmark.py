@@ -287,6 +287,10 @@ def check_fingerprints(spec: BenchmarkSpec, splits: dict[str, Split]) -> dict[st
     return got
 
 
+SMOKE_TRAIN = 256  # train examples of a smoke run
+SMOKE_PREDICT = 64  # predict inputs of a smoke run
+
+
 def prepare_data(bench: Benchmark, dest: Path, secret: str) -> PreparedData:
     """Materialise the splits under dest, refusing data whose fingerprints differ from the spec's pins.
 
@@ -304,6 +308,13 @@ def prepare_data(bench: Benchmark, dest: Path, secret: str) -> PreparedData:
     np.save(public / "train" / "train_y.npy", splits["train"].y, allow_pickle=False)
     inputs, layout = build_predict_set(splits, secret, bench.spec.integrity)
     np.save(public / "predict" / "inputs.npy", inputs, allow_pickle=False)
+    # A smoke run (a candidate's first steps, before any gate trial) trains on a slice of the train
+    # split and predicts a few inputs: enough to show a traceback or a NaN, in seconds.
+    (public / "smoke" / "train").mkdir(parents=True, exist_ok=True)
+    (public / "smoke" / "predict").mkdir(parents=True, exist_ok=True)
+    np.save(public / "smoke" / "train" / "train_x.npy", splits["train"].x[:SMOKE_TRAIN], allow_pickle=False)
+    np.save(public / "smoke" / "train" / "train_y.npy", splits["train"].y[:SMOKE_TRAIN], allow_pickle=False)
+    np.save(public / "smoke" / "predict" / "inputs.npy", inputs[:SMOKE_PREDICT], allow_pickle=False)
     for name in ("val", "test"):
         np.save(labels / f"{name}_y.npy", splits[name].y, allow_pickle=False)
     for name, rows in (("val", layout.val_rows), ("test", layout.test_rows), ("perturbed", layout.perturbed_rows),

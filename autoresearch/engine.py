@@ -338,6 +338,43 @@ class RunEngine:
         # One GPU, bound into the sandbox and visible there as cuda:0 (the slot mechanism's pinning).
         return pin_request(req, self.device) if self.device.startswith("cuda") else req
 
+    def smoke(self, files: dict[str, str]) -> "SmokeResult":
+        """Train a code version for one epoch on a slice of the train split and predict a few inputs,
+        in the sandbox, on one seed of its own (AIDE's debug step): a traceback, a NaN, a timeout or
+        malformed predictions show in seconds, before any gate trial is spent. Recorded nowhere:
+        the agent hands the error back to the model for a repair."""
+        b = self.bench.spec.budget
+        smoke_dir = self.data.public_dir / "smoke"
+        n_train = int(np.load(smoke_dir / "train" / "train_y.npy", mmap_mode="r").shape[0])
+        n_pred = int(np.load(smoke_dir / "predict" / "inputs.npy", mmap_mode="r").shape[0])
+        full = self._budget()
+        budget = Budget(train_examples=int(n_train * (1 + self.bench.spec.integrity.budget_tolerance)) + 1,
+                        other_examples=n_train + 64, predict_examples=2 * n_pred + 64,
+                        checkpoint_bytes=full.checkpoint_bytes, prediction_bytes=full.prediction_bytes)
+        seed = draw_seeds(self.secret, "smoke", 1)[0]
+        ws = self.workspace(files, "smoke-" + files_hash(files)[:12])
+        req = TrialRequest(
+            workspace=str(ws), harness=str(self.bench.harness_dir), train_data=str(smoke_dir / "train"),
+            predict_data=str(smoke_dir / "predict"), work_dir=str(self.run_dir / "trials" / ("smoke-" + ws.name)),
+            seeds=(seed,), keys=(trial_key(self.secret, seed),), sketch_key=derived_key(self.secret, "sketch"),
+            config=self._trial_config() | {"epochs": 1}, predict={"batch": 32, "check_rows": [0, 1], "check_batch": 1},
+            budget=budget, train_seconds=b.train_seconds, predict_seconds=b.predict_seconds,
+            grace_seconds=b.grace_seconds, memory_bytes=b.memory_mb * 1024**2, max_processes=b.max_processes,
+            isolation=self.isolation, packages=("numpy", "torch", *self.bench.spec.sandbox.packages),
+            protected=(str(self.data.labels_dir),))
+        if self.device.startswith("cuda"):
+            req = pin_request(req, self.device)
+        out = self.executor.map(lambda r: run_trials(r), [req])[0][0]
+        if out.status == TrialStatus.OK:
+            try:
+                parse_predictions(out.logits, rows=n_pred, classes=self.bench.spec.data.num_classes)
+            except PredictionError as exc:
+                return SmokeResult(ok=False, status=exc.kind, error=f"predictions rejected: {exc}")
+            return SmokeResult(ok=True, status="ok", error="")
+        last = [line for line in out.log_tail.splitlines() if line.strip() and not line.startswith("== ")]
+        return SmokeResult(ok=False, status=out.status.value,
+                           error=f"{out.detail}\n" + "\n".join(last[-15:]))
+
     def _record_from_row(self, row: dict, cached: bool) -> TrialRecord:
         return TrialRecord(seed=row["seed"], role=row["role"], code_hash=row["code_hash"], status=row["status"],
                            detail=row["detail"], val_metric=row["val_metric"], test_metric=row["test_metric"],
@@ -688,6 +725,13 @@ class RunEngine:
         self.ledger.update_run(self.run_id, headline_json=dumps(headline), status="finished", finished_at=time.time())
         write_summary(self, headline)
         return headline
+
+
+@dataclass(frozen=True)
+class SmokeResult:
+    ok: bool
+    status: str  # a trial status: ok, crash, timeout, nonfinite, over_budget, ...
+    error: str  # what went wrong, with the last lines of the log (empty when ok)
 
 
 class _DataMismatchRejection(ProposalRejected):
