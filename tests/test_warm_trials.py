@@ -5,6 +5,7 @@ nothing of one seed may reach the next: files, processes, descriptors, the runne
 from __future__ import annotations
 
 import ast
+import dataclasses
 import hashlib
 import io
 import textwrap
@@ -166,3 +167,17 @@ def test_a_child_cannot_forge_another_seeds_results(digits, tmp_path):
         assert out.status == TrialStatus.OK, out.detail + out.log_tail
         logits = np.load(io.BytesIO(out.logits), allow_pickle=False)
         assert logits.shape[1] == 10 and np.isfinite(logits).all()
+
+
+def test_children_may_use_several_threads(digits, tmp_path):
+    """A thread pool started in the runner does not survive fork: a child asking for 2 threads hung
+    in its first parallel op (libgomp) until the budget killed it. The runner stays single-threaded."""
+    bench, data = digits
+    ws = _workspace(bench, tmp_path)
+    (ws / "train.py").write_text((ws / "train.py").read_text().replace(
+        "def fit(model, x, y, *, epochs, batch_size, generator, device):\n",
+        "def fit(model, x, y, *, epochs, batch_size, generator, device):\n"
+        "    torch.ones(1 << 20).mul_(2.0).sum()  # large enough for a parallel region\n"))
+    req = _request(bench, data, ws, tmp_path / "w", (5, 6), train_seconds=20)
+    outs = run_trials(dataclasses.replace(req, config=req.config | {"threads": 2}))
+    assert [o.status for o in outs] == [TrialStatus.OK, TrialStatus.OK], [(o.status, o.detail) for o in outs]

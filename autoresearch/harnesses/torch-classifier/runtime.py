@@ -312,6 +312,9 @@ def warm_up() -> None:
 
     import torch
 
+    # One thread here: an OpenMP pool started in the runner does not survive fork (libgomp), and a
+    # child that then asks for threads > 1 hangs in its first parallel op. Children set their own.
+    torch.set_num_threads(1)
     net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
     for make in (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), torch.optim.Adam, torch.optim.AdamW):
         opt = make(net.parameters())
