@@ -34,6 +34,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from autoresearch.sandbox import seccomp
 from autoresearch.sandbox.cgroups import Cgroup, create_cgroup
@@ -538,12 +539,14 @@ def _dir_size(paths: list[Path]) -> int:
 
 def run_sandboxed(argv: list[str], *, mounts: list[Mount], limits: Limits, isolation: str,
                   env: dict[str, str] | None = None, cwd: str = "/tmp",
-                  devices: list[str] = (), stdin_data: bytes | None = None,
+                  devices: list[str] = (), stdin_data: bytes | Callable[[], bytes] | None = None,
                   pass_fds: tuple[int, ...] = (), packages: tuple[str, ...] = DEFAULT_PACKAGES) -> SandboxResult:
     """Run argv (inside paths) under isolation with limits; never raises for the command's own failure.
 
     ``stdin_data`` is written to the command's stdin (then closed): how the trusted side hands a
-    harness its instructions without putting them in argv or the environment. ``pass_fds`` are
+    harness its instructions without putting them in argv or the environment. A callable is called
+    (in a feeding thread) once the command runs and may block: the command starts, and warms up,
+    before its instructions exist (the predict phase starts while its checkpoints are trained). ``pass_fds`` are
     host file descriptors kept open, with the same numbers, inside the sandbox (e.g. a results
     file the harness writes to and no path inside the sandbox names). ``packages``: the Python
     distributions the sandbox shows, with their requirements (sandbox/pyview.py).
@@ -666,12 +669,12 @@ def run_sandboxed(argv: list[str], *, mounts: list[Mount], limits: Limits, isola
     )
 
 
-def _feed_stdin(proc: subprocess.Popen, data: bytes) -> None:
+def _feed_stdin(proc: subprocess.Popen, data: bytes | Callable[[], bytes]) -> None:
     """Write the command's instructions and close its stdin; a command that never reads them (or
     dies first) only ends the write, never the caller."""
     assert proc.stdin is not None
     try:
-        proc.stdin.write(data)
+        proc.stdin.write(data() if callable(data) else data)
     except (BrokenPipeError, OSError, ValueError):
         pass
     finally:

@@ -18,7 +18,9 @@ import os
 import shutil
 import stat
 import sys
-from dataclasses import asdict, dataclass, field
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 
@@ -86,7 +88,9 @@ class PhaseTiming:
     start: float = 0.0  # spawning the phase's sandbox until its process runs (shared by its seeds)
     run: float = 0.0  # wall time of this seed's child
     cpu: float | None = None  # CPU seconds of this seed's child (measured by the runner)
-    sandbox: float = 0.0  # wall time of the whole phase sandbox (shared by its seeds)
+    # Wall time of the whole phase sandbox, shared by its seeds. For predict, which starts while the
+    # seeds train and waits for its orders, the time from its orders to its end: what it adds.
+    sandbox: float = 0.0
 
 
 @dataclass(kw_only=True)
@@ -276,27 +280,98 @@ def run_trials(req: TrialRequest) -> list[TrialOutput]:
               Mount(host=Path(req.harness), inside="/sandbox/harness")]
     harness = inside(req.harness, "/sandbox/harness")
 
-    # ---------------------------------------------------------------- train
+    # ---------------------------------------------------------------- files and the predict sandbox
+    # The predict sandbox starts beside the train phase: its runner imports torch and warms up while
+    # the seeds train, then waits for its orders, which exist once the checkpoints do. Its wall
+    # limit covers the wait; waiting costs no CPU, so its CPU limit stays the predict phase's own.
     train_file = work / "train.results"
     train_caps = {"checkpoint.pt": req.budget.checkpoint_bytes, "report.json": MAX_REPORT_BYTES}
     train_cap = len(slots) * (req.budget.checkpoint_bytes + MAX_REPORT_BYTES + 128 * 1024) + 1024**2
+    train_limits = limits(req.train_seconds, len(slots), train_cap)
+    predict_file = work / "predict.results"
+    predict_caps = {"logits.npy": req.budget.prediction_bytes, "check.npy": req.budget.prediction_bytes,
+                    "report.json": MAX_REPORT_BYTES}
+    predict_cap = len(slots) * (2 * req.budget.prediction_bytes + MAX_REPORT_BYTES + 128 * 1024) + 1024**2
+    predict_limits = limits(req.predict_seconds, len(slots), predict_cap)
+    predict_limits = replace(predict_limits, wall_seconds=predict_limits.wall_seconds + train_limits.wall_seconds + 10)
+    train_fd = os.open(train_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    ckpt_fd = os.open(train_file, os.O_RDONLY)  # the predict runner reads checkpoints through it, by offset
+    predict_fd = os.open(predict_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    ptmp, ptmp_mounts, predict_env = scratch("predict")
+    predict_orders = {"protocol": PROTOCOL, "phase": "predict", "isolated": isolated, "scratch": ptmp,
+                      "child_seconds": req.predict_seconds + CHILD_GRACE_SECONDS,
+                      "repo": inside(req.workspace, "/sandbox/repo"), "data": inside(req.predict_data, "/sandbox/data"),
+                      "config": req.config, **req.predict, "file_caps": predict_caps, "results_fd": predict_fd,
+                      "checkpoints_fd": ckpt_fd, "private_fds": [ckpt_fd], "trials": []}
+    orders_ready = threading.Event()
+    predict_done: list = []  # the SandboxResult, or the exception setting the sandbox up raised
+
+    def predict_stdin() -> bytes:
+        orders_ready.wait()
+        return json.dumps(predict_orders).encode()
+
+    def run_predict_phase() -> None:
+        try:
+            predict_done.append(run_sandboxed(
+                [_python(), "-I", "-B", f"{harness}/run_predict.py"],
+                mounts=common + [Mount(host=Path(req.predict_data), inside="/sandbox/data")] + ptmp_mounts,
+                limits=predict_limits, isolation=req.isolation, env=predict_env,
+                cwd=inside(req.workspace, "/sandbox/repo"), devices=req.devices, stdin_data=predict_stdin,
+                pass_fds=(predict_fd, ckpt_fd), packages=req.packages))
+        except BaseException as exc:  # re-raised on the caller's thread
+            predict_done.append(exc)
+
+    predict_thread = threading.Thread(target=run_predict_phase, name="predict-phase", daemon=True)
+    predict_thread.start()
+    try:
+        trained, records = _train_phase(req, outputs, slots, train_file, train_fd, train_caps, train_limits, common,
+                                        harness, inside, scratch, isolated)
+        predict_orders["trials"] = [{"slot": i, "key": req.keys[i], "offset": records[i].files["checkpoint.pt"][0],
+                                     "size": records[i].files["checkpoint.pt"][1]} for i in trained]
+    finally:
+        orders_ready.set()  # with no trials (or after an error) the predict runner just exits
+        orders_given = time.monotonic()
+        predict_thread.join()
+        after_training = time.monotonic() - orders_given
+        for fd in (train_fd, ckpt_fd, predict_fd):
+            os.close(fd)
+    predict_res = predict_done[0]
+    if isinstance(predict_res, BaseException):
+        raise predict_res
+    if trained:
+        _predict_results(req, outputs, trained, predict_file, predict_caps, predict_res, after_training)
+
+    if any(o.status == TrialStatus.CRASH for o in outputs):
+        _raise_if_host_disk_full(work)
+    after = {name: tree_hash(p) for name, p in protected.items()}
+    changed = [name for name in protected if before[name] != after[name]]
+    for out in outputs:
+        if changed:
+            out.status, out.detail = TrialStatus.TAMPERED, f"protected files changed during the trial: {', '.join(changed)}"
+        if out.status != TrialStatus.OK:
+            out.logits = out.check = b""
+    # Checkpoints and scratch are not kept: the git commit and seed reproduce them.
+    shutil.rmtree(work, ignore_errors=True)
+    return outputs
+
+
+def _train_phase(req: TrialRequest, outputs: list[TrialOutput], slots: list[int], train_file: Path, fd: int,
+                 train_caps: dict[str, int], train_limits: Limits, common: list[Mount], harness: str, inside,
+                 scratch, isolated: bool) -> tuple[list[int], dict[int, Record]]:
+    """Train every seed in one sandbox; mark the outputs of seeds that failed. Returns the slots
+    that trained within budget and the runner's records (checkpoint offsets for predict)."""
     tmp, tmp_mounts, train_env = scratch("train")
-    orders = {"protocol": PROTOCOL, "phase": "train", "results_fd": 0, "isolated": isolated, "scratch": tmp,
+    orders = {"protocol": PROTOCOL, "phase": "train", "results_fd": fd, "isolated": isolated, "scratch": tmp,
               "child_seconds": req.train_seconds + CHILD_GRACE_SECONDS,
               "repo": inside(req.workspace, "/sandbox/repo"), "data": inside(req.train_data, "/sandbox/data"),
               "config": req.config, "sketch_key": req.sketch_key, "file_caps": train_caps,
               "trials": [{"slot": i, "key": k} for i, k in zip(slots, req.keys)]}
-    fd = os.open(train_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        orders["results_fd"] = fd
-        train_res = run_sandboxed(
-            [_python(), "-I", "-B", f"{harness}/run_train.py"],
-            mounts=common + [Mount(host=Path(req.train_data), inside="/sandbox/data")] + tmp_mounts,
-            limits=limits(req.train_seconds, len(slots), train_cap), isolation=req.isolation, env=train_env,
-            cwd=inside(req.workspace, "/sandbox/repo"), devices=req.devices,
-            stdin_data=json.dumps(orders).encode(), pass_fds=(fd,), packages=req.packages)
-    finally:
-        os.close(fd)
+    train_res = run_sandboxed(
+        [_python(), "-I", "-B", f"{harness}/run_train.py"],
+        mounts=common + [Mount(host=Path(req.train_data), inside="/sandbox/data")] + tmp_mounts,
+        limits=train_limits, isolation=req.isolation, env=train_env,
+        cwd=inside(req.workspace, "/sandbox/repo"), devices=req.devices,
+        stdin_data=json.dumps(orders).encode(), pass_fds=(fd,), packages=req.packages)
     records, problem = read_records(train_file, allowed_files=train_caps, slots=set(slots))
     trained: list[int] = []
     for i, out in enumerate(outputs):
@@ -332,77 +407,42 @@ def run_trials(req: TrialRequest) -> list[TrialOutput]:
             out.status, out.detail = failure
         else:
             trained.append(i)
+    return trained, records
 
-    # ---------------------------------------------------------------- predict
-    predict_res = None
-    if trained:
-        predict_file = work / "predict.results"
-        predict_caps = {"logits.npy": req.budget.prediction_bytes, "check.npy": req.budget.prediction_bytes,
-                        "report.json": MAX_REPORT_BYTES}
-        predict_cap = len(trained) * (2 * req.budget.prediction_bytes + MAX_REPORT_BYTES + 128 * 1024) + 1024**2
-        tmp, tmp_mounts, predict_env = scratch("predict")
-        orders = {"protocol": PROTOCOL, "phase": "predict", "isolated": isolated, "scratch": tmp,
-                  "child_seconds": req.predict_seconds + CHILD_GRACE_SECONDS,
-                  "repo": inside(req.workspace, "/sandbox/repo"), "data": inside(req.predict_data, "/sandbox/data"),
-                  "config": req.config, **req.predict, "file_caps": predict_caps,
-                  "trials": [{"slot": i, "key": req.keys[i], "offset": records[i].files["checkpoint.pt"][0],
-                              "size": records[i].files["checkpoint.pt"][1]} for i in trained]}
-        ckpt_fd = os.open(train_file, os.O_RDONLY)
-        fd = os.open(predict_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            orders |= {"results_fd": fd, "checkpoints_fd": ckpt_fd, "private_fds": [ckpt_fd]}
-            predict_res = run_sandboxed(
-                [_python(), "-I", "-B", f"{harness}/run_predict.py"],
-                mounts=common + [Mount(host=Path(req.predict_data), inside="/sandbox/data")] + tmp_mounts,
-                limits=limits(req.predict_seconds, len(trained), predict_cap), isolation=req.isolation,
-                env=predict_env, cwd=inside(req.workspace, "/sandbox/repo"), devices=req.devices,
-                stdin_data=json.dumps(orders).encode(), pass_fds=(fd, ckpt_fd), packages=req.packages)
-        finally:
-            os.close(fd)
-            os.close(ckpt_fd)
-        precords, problem = read_records(predict_file, allowed_files=predict_caps, slots=set(trained))
-        for i in trained:
-            out = outputs[i]
-            out.predict = PhaseTiming(start=predict_res.start_seconds, sandbox=predict_res.wall_seconds)
-            out.notes.extend(n for n in predict_res.notes if n not in out.notes)
-            rec = precords.get(i)
-            if rec is None:
-                out.status, out.detail = _phase_failure(predict_res, "predict")
-                if problem:
-                    out.detail += f" ({problem})"
-                out.log_tail += "\n== predict (phase) ==\n" + predict_res.log_excerpt[-3000:]
-                continue
-            out.predict.run, out.predict.cpu = rec.seconds, rec.cpu_seconds
-            out.log_tail += "\n== predict ==\n" + rec.log[-3000:]
-            failure = _child_failure(rec, predict_res, "predict", req.predict_seconds)
-            if failure is None:
-                report, why = parse_report(file_bytes(predict_file, rec, "report.json"), PredictReport)
-                logits, check = file_bytes(predict_file, rec, "logits.npy"), file_bytes(predict_file, rec, "check.npy")
-                big = sorted(set(rec.oversized) & {"logits.npy", "check.npy"})
-                if big:
-                    failure = (TrialStatus.CRASH, f"predictions ({big[0]}: {rec.oversized[big[0]]} bytes) are over the "
-                                                  f"cap of {req.budget.prediction_bytes} bytes")
-                elif report is None:
-                    failure = (TrialStatus.CRASH, f"predict wrote no valid report: {why}")
-                elif logits is None or check is None:
-                    failure = (TrialStatus.CRASH, "predict wrote no predictions")
-                else:
-                    out.predict_report = report.model_dump()
-                    out.logits, out.check = logits, check
-                    failure = _over_budget("prediction", report.compute.train_examples + report.compute.other_examples,
-                                           req.budget.predict_examples)
-            if failure is not None:
-                out.status, out.detail = failure
 
-    if any(o.status == TrialStatus.CRASH for o in outputs):
-        _raise_if_host_disk_full(work)
-    after = {name: tree_hash(p) for name, p in protected.items()}
-    changed = [name for name in protected if before[name] != after[name]]
-    for out in outputs:
-        if changed:
-            out.status, out.detail = TrialStatus.TAMPERED, f"protected files changed during the trial: {', '.join(changed)}"
-        if out.status != TrialStatus.OK:
-            out.logits = out.check = b""
-    # Checkpoints and scratch are not kept: the git commit and seed reproduce them.
-    shutil.rmtree(work, ignore_errors=True)
-    return outputs
+def _predict_results(req: TrialRequest, outputs: list[TrialOutput], trained: list[int], predict_file: Path,
+                     predict_caps: dict[str, int], predict_res: SandboxResult, after_training: float) -> None:
+    """Read the predict runner's records into the outputs of the seeds that trained."""
+    precords, problem = read_records(predict_file, allowed_files=predict_caps, slots=set(trained))
+    for i in trained:
+        out = outputs[i]
+        out.predict = PhaseTiming(start=predict_res.start_seconds, sandbox=after_training)
+        out.notes.extend(n for n in predict_res.notes if n not in out.notes)
+        rec = precords.get(i)
+        if rec is None:
+            out.status, out.detail = _phase_failure(predict_res, "predict")
+            if problem:
+                out.detail += f" ({problem})"
+            out.log_tail += "\n== predict (phase) ==\n" + predict_res.log_excerpt[-3000:]
+            continue
+        out.predict.run, out.predict.cpu = rec.seconds, rec.cpu_seconds
+        out.log_tail += "\n== predict ==\n" + rec.log[-3000:]
+        failure = _child_failure(rec, predict_res, "predict", req.predict_seconds)
+        if failure is None:
+            report, why = parse_report(file_bytes(predict_file, rec, "report.json"), PredictReport)
+            logits, check = file_bytes(predict_file, rec, "logits.npy"), file_bytes(predict_file, rec, "check.npy")
+            big = sorted(set(rec.oversized) & {"logits.npy", "check.npy"})
+            if big:
+                failure = (TrialStatus.CRASH, f"predictions ({big[0]}: {rec.oversized[big[0]]} bytes) are over the "
+                                              f"cap of {req.budget.prediction_bytes} bytes")
+            elif report is None:
+                failure = (TrialStatus.CRASH, f"predict wrote no valid report: {why}")
+            elif logits is None or check is None:
+                failure = (TrialStatus.CRASH, "predict wrote no predictions")
+            else:
+                out.predict_report = report.model_dump()
+                out.logits, out.check = logits, check
+                failure = _over_budget("prediction", report.compute.train_examples + report.compute.other_examples,
+                                       req.budget.predict_examples)
+        if failure is not None:
+            out.status, out.detail = failure

@@ -8,8 +8,8 @@ seeds run bare: one plain Python process that imports torch once and trains and 
 seed with the same code (no sandbox, no fork, no checks, no records). Bare runs go before and
 after the gated one and are averaged, so other load on the machine weighs on both sides.
 
-With ``--against REF`` it also runs this script as it was at git REF (e.g. the landed code before
-a change) on a copy of that tree, in the same run, and prints both figures and their ratio.
+With ``--against REF`` it also runs this script on a copy of the package as it was at git REF (e.g.
+the landed code before a change), in the same run, and prints both figures and their ratio.
 
     .venv/bin/python scripts/bench_trial_overhead.py [--seeds 5] [--benchmark digits-mlp] [--against REF]
 """
@@ -65,8 +65,7 @@ def bare_run(repo: Path, engine: RunEngine) -> float:
 
 def measure(benchmark: str, seeds: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        config = RunConfig(benchmark=benchmark, runs_dir=Path(tmp) / "runs", proposals=1, seeds=seeds, screen=False,
-                           verify=False)
+        config = RunConfig(benchmark=benchmark, runs_dir=Path(tmp) / "runs", proposals=1, seeds=seeds, verify=False)
         engine = RunEngine.create(config)
         engine.ensure_baseline()  # incumbent trials cached, as in any run after the first proposal
         adam = engine.repo.files_at(engine.repo.baseline)
@@ -88,8 +87,8 @@ def measure(benchmark: str, seeds: int) -> dict:
 
 
 def landed_figure(ref: str, benchmark: str, seeds: int) -> float:
-    """This script's 'time per gated proposal' as the code at ``ref`` measures it, on a copy of that
-    tree put first on the path (the editable install's finder comes after every path entry)."""
+    """This script's 'time per gated proposal' for the code at ``ref``: a copy of that tree's package
+    put first on the path (the editable install's finder comes after every path entry)."""
     root = Path(__file__).resolve().parent.parent
     with tempfile.TemporaryDirectory() as tmp:
         src, pkg = Path(tmp) / "src", Path(tmp) / "pkg"
@@ -99,7 +98,8 @@ def landed_figure(ref: str, benchmark: str, seeds: int) -> float:
         shutil.copytree(src / "autoresearch", pkg / "autoresearch")
         for folder in ("agent", "sandbox", "baselines", "prompts"):  # the package-dir mapping of pyproject.toml
             shutil.copytree(src / folder, pkg / "autoresearch" / folder)
-        out = subprocess.run([sys.executable, str(src / "scripts" / "bench_trial_overhead.py"), "--seeds", str(seeds),
+        # This script (not the one at ref) on ref's package: the same measure of the older code.
+        out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--seeds", str(seeds),
                               "--benchmark", benchmark], check=True, capture_output=True, text=True,
                              env=dict(os.environ, PYTHONPATH=str(pkg)), cwd=tmp)
     found = re.search(r"time per gated proposal: ([0-9.]+)s", out.stdout)
@@ -122,7 +122,7 @@ def main() -> None:
           f"decision: {m['decision']}")
     print(f"time per gated proposal: {total:.2f}s")
     rows = [("train phase (one sandbox: start, torch import, every seed)", m["train_phase"]),
-            ("predict phase (one sandbox: start, torch import, every seed)", m["predict_phase"]),
+            ("predict phase after training (its sandbox starts and imports torch during it)", m["predict_phase"]),
             ("scoring, integrity checks, ledger, git, report, workspace", m["rest"])]
     for name, seconds in rows:
         print(f"  {name:<62} {seconds:7.2f}s  {seconds / total:6.1%}")

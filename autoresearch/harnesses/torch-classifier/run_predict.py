@@ -8,7 +8,8 @@
 # budget), once over every row and once more over a secret subset in another order and batch
 # size: a model whose output for one example depends on the others (test-time adaptation) shows.
 # It writes float32 logits (rows = inputs, columns = classes); trusted code outside the sandbox
-# checks shape, size and values, un-mixes the rows and alone computes the metric.
+# checks shape, size and values, un-mixes the rows and alone computes the metric. The phase starts
+# while the seeds still train: the runner imports torch and warms up, then waits for its orders.
 # Built-in `torch-classifier` harness (see run_train.py beside it).
 import json
 import os
@@ -68,11 +69,13 @@ def predict_one(work: str, orders: dict, trial: dict, inputs_np) -> int:
 
 
 def main() -> int:
-    orders = runtime.read_orders()
     import numpy as np
     import torch  # noqa: F401  (imported once here; every child inherits it)
 
+    # Warm up before the orders come: the trusted side starts this phase while the seeds still
+    # train, and hands over the orders (checkpoint offsets) once they have.
     runtime.warm_up()
+    orders = runtime.read_orders()
 
     inputs_np = np.load(os.path.join(orders["data"], "inputs.npy"), allow_pickle=False)
     runner = runtime.Runner(orders)
