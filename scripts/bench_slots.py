@@ -63,7 +63,8 @@ def one_run(benchmark: str, design: list[str], slots: int, proposals: int, workd
     (run_dir,) = list(runs.iterdir())
     shown = json.loads(subprocess.run([AUTORESEARCH, "show", str(run_dir), "--json"], capture_output=True,
                                       text=True, check=True).stdout)
-    decisions = [(p["index"], p["decision"], p["reason"], len(p["per_seed"])) for p in shown["proposals"]]
+    decisions = [(p["index"], p["decision"], p["reason"], sum(t["role"] == "candidate" for t in p["per_seed"]))
+                 for p in shown["proposals"]]
     return seconds, decisions
 
 
@@ -76,7 +77,7 @@ def main() -> None:
     designs = {"sequential": [], f"fixed k={args.fixed_k}": ["--seeds", str(args.fixed_k)]}
     print(f"machine: {os.cpu_count()} cores; {args.proposals} proposals per run; no verification; load at start "
           f"{os.getloadavg()[0]:.2f}")
-    print(f"{'benchmark':<14} {'design':<12} {'slots':>5} {'wall s':>8} {'decisions/h':>12} {'seeds/decision':>15}  decisions")
+    print(f"{'benchmark':<14} {'design':<12} {'slots':>5} {'wall s':>8} {'decisions/h':>12} {'cand. seeds/decision':>21}  decisions")
     failed = False
     with tempfile.TemporaryDirectory() as tmp:
         for benchmark in args.benchmarks.split(","):
@@ -89,7 +90,7 @@ def main() -> None:
                     per_hour[name, slots] = len(decisions) * 3600 / seconds
                     seeds = sum(d[3] for d in decisions) / max(len(decisions), 1)
                     print(f"{benchmark:<14} {name:<12} {slots:>5} {seconds:8.1f} {per_hour[name, slots]:12.1f} "
-                          f"{seeds:15.1f}  {[d[1][:3] + ':' + d[2] for d in decisions]}", flush=True)
+                          f"{seeds:21.1f}  {[d[1][:3] + ':' + d[2] for d in decisions]}", flush=True)
                 same = results[1] == results[2]
                 failed |= not same
                 print(f"{'':<14} {name:<12} 2 slots / 1 slot: {per_hour[name, 2] / per_hour[name, 1]:.2f}x; "
