@@ -225,22 +225,6 @@ def resume(run, slots, isolation, runs_dir):
     _execute(None, lines=None, run_dir=_resolve_run(run, runs_dir), slots=slots, isolation=isolation)
 
 
-def _make_executor(config):
-    from autoresearch.engine import LocalExecutor
-
-    if config.executor == "ray":
-        from autoresearch.sandbox.executors import RayExecutor
-
-        return RayExecutor(address=config.ray_address, slots=config.slots)
-    from autoresearch.sandbox.executors import slot_devices
-
-    from autoresearch.envinfo import resolve_device
-
-    resolve_device(config.device)  # a device this machine lacks is a clear error before anything starts
-    gpus = 0 if config.device == "cpu" else __import__("torch").cuda.device_count()
-    return LocalExecutor(config.slots, devices=slot_devices(config.device, config.slots, gpus))  # one GPU per slot
-
-
 UNSANDBOXED = ("isolation none: proposals run WITHOUT a sandbox, with your user's rights (they can read the "
                "run's held-out labels, your files and the network); trust these results as far as you trust the code")
 
@@ -248,6 +232,7 @@ UNSANDBOXED = ("isolation none: proposals run WITHOUT a sandbox, with your user'
 def _execute(config, *, lines, run_dir, slots=None, isolation=None) -> None:
     from autoresearch.engine import RunEngine, read_proposal_lines, run_proposal_lines
     from autoresearch.live import LiveEvents
+    from autoresearch.sandbox.executors import make_executor
     from autoresearch.sandbox.isolation import isolation_level
 
     llm_errors = _llm_error_types()
@@ -263,12 +248,12 @@ def _execute(config, *, lines, run_dir, slots=None, isolation=None) -> None:
                 agent_session = open_llm_session(config)
             except llm_errors as exc:
                 raise _LLMError(str(exc)) from None
-        engine = RunEngine.create(config, executor=_make_executor(config), events=events)
+        engine = RunEngine.create(config, executor=make_executor(config), events=events)
         if lines:
             (engine.run_dir / "proposals.jsonl").write_text("\n".join(lines) + "\n")
     else:
         engine = RunEngine.open(run_dir, events=events, slots=slots, isolation=isolation)
-        engine.executor = _make_executor(engine.config)
+        engine.executor = make_executor(engine.config)
         config = engine.config
         agent_session = None
         if (engine.run_dir / "proposals.jsonl").is_file():

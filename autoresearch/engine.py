@@ -16,7 +16,6 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
 
 import numpy as np
 
@@ -29,10 +28,10 @@ from autoresearch.gate import GateConfig, StageDecision, decide_stage
 from autoresearch.integrity import memorisation, seed_ignored, transductive
 from autoresearch.ledger import Ledger, LedgerError, dumps
 from autoresearch.records import RunRepo
-from autoresearch.sandbox.executors import pin_request
+from autoresearch.sandbox.executors import Executor, LocalExecutor, pin_request
 from autoresearch.sandbox.isolation import IsolationUnavailable, SandboxUnreadable, isolation_level
 from autoresearch.sandbox.pyview import PackageNotInstalled
-from autoresearch.sandbox.trial import Budget, TrialOutput, TrialRequest, TrialStatus, run_trials
+from autoresearch.sandbox.trial import Budget, TrialOutput, TrialRequest, TrialStatus
 from autoresearch.scoring import Metric, PredictionError, parse_predictions, score_logits
 from autoresearch.secondary import secondary_from_logits
 from autoresearch.seeding import derived_key, draw_seeds, new_secret, trial_key
@@ -65,13 +64,6 @@ _FAULT_HITS: dict[str, int] = {}
 
 REASONS = ("invalid_proposal", "not_editable", "apply_failed", "crash", "timeout", "oom", "nonfinite", "tampered",
            "over_budget", "transductive", "seed_ignored", "memorised", "data_mismatch", "not_better", "accepted")
-
-
-class Executor(Protocol):
-    slots: int
-
-    def map(self, fn: Callable[[TrialRequest], list[TrialOutput]],
-            requests: list[TrialRequest]) -> list[list[TrialOutput]]: ...
 
 
 class Events:
@@ -143,27 +135,6 @@ def slugify(text: str, limit: int = 48) -> str:
 
 def new_run_id(benchmark: str) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{slugify(benchmark, 24)}-{secrets.token_hex(3)}"
-
-
-class LocalExecutor:
-    """Runs trials in parallel slots on this machine (threads that each drive one sandbox).
-    ``devices``: one per slot (e.g. cuda:0, cuda:1); each trial is pinned to its slot's device."""
-
-    def __init__(self, slots: int = 1, devices: list[str] | None = None):
-        self.slots = max(1, slots)
-        self.devices = list(devices) if devices else None
-
-    def map(self, fn, requests):
-        if self.devices and any(d != "cpu" for d in self.devices):
-            from autoresearch.sandbox.executors import run_on_slots
-
-            return run_on_slots(fn, requests, self.devices[:self.slots])
-        if self.slots == 1 or len(requests) <= 1:
-            return [fn(r) for r in requests]
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(max_workers=self.slots) as pool:
-            return list(pool.map(fn, requests))
 
 
 class RunEngine:
@@ -364,7 +335,7 @@ class RunEngine:
             protected=(str(self.data.labels_dir),))
         if self.device.startswith("cuda"):
             req = pin_request(req, self.device)
-        out = self.executor.map(lambda r: run_trials(r), [req])[0][0]
+        out = self.executor.map([req])[0][0]
         if out.status == TrialStatus.OK:
             try:
                 parse_predictions(out.logits, rows=n_pred, classes=self.bench.spec.data.num_classes)
@@ -432,21 +403,14 @@ class RunEngine:
         if todo:
             ws = self.workspace(files, code_hash[:16])
 
-            def announce(req: TrialRequest) -> None:
+            def on_start(req: TrialRequest) -> None:
                 for seed in req.seeds:
                     self.events.trial_started(role, seed)
-
-            def one(req: TrialRequest) -> list[TrialOutput]:
-                announce(req)
                 fault("train", delay=2.0)  # test hook: dies while the sandbox is training
-                return run_trials(req)
-
-            one.trial_fn = run_trials  # type: ignore[attr-defined]  # what remote executors (Ray) ship
-            one.announce = announce  # type: ignore[attr-defined]
 
             requests = [self._request(ws, batch, f"{code_hash[:12]}-{keys[batch[0]][:8]}")
                         for batch in self._batches(todo)]
-            outputs = [out for batch in self.executor.map(one, requests) for out in batch]
+            outputs = [out for batch in self.executor.map(requests, on_start) for out in batch]
             for out in outputs:
                 seed = out.seed
                 status, detail, scores, test_logits = self._score(out)

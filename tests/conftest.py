@@ -17,6 +17,9 @@ for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 AUTORESEARCH = str(Path(sys.executable).parent / "autoresearch")
+# The same command with canned trials (tests/fake_executor.py) instead of sandboxed training: for
+# tests of the CLI's and the engine's logic, not of trials.
+FAKE_AUTORESEARCH = [PYTHON, str(Path(__file__).resolve().parent / "fake_cli.py")]
 
 
 def write_spec(root: Path, **budget_overrides) -> None:
@@ -39,6 +42,16 @@ def copy_benchmark(dest: Path, name: str = "digits-mlp", **budget_overrides) -> 
     if budget_overrides:
         write_spec(dest, **budget_overrides)
     return dest
+
+
+@pytest.fixture
+def fake_trials(monkeypatch):
+    """Every local executor in this process runs canned trials (tests/fake_executor.py)."""
+    from fake_executor import FakeExecutor
+
+    fake = FakeExecutor()
+    monkeypatch.setattr("autoresearch.sandbox.executors.run_trials", fake.run)
+    return fake
 
 
 @pytest.fixture(scope="session")
