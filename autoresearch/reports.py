@@ -12,11 +12,12 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from autoresearch.escaping import markdown_code, markdown_inline
+from autoresearch.escaping import markdown_code, markdown_inline, one_line
 from autoresearch.gate import StageDecision
+from autoresearch.outcomes import ProposalRecord, TrialRecord, slugify
 
-if TYPE_CHECKING:
-    from autoresearch.engine import ProposalRecord, RunEngine, TrialRecord
+if TYPE_CHECKING:  # reports read a run through the engine's attributes; they never import it
+    from autoresearch.engine import RunEngine
 
 
 def _field(obj: object, *keys: str) -> object:
@@ -55,8 +56,6 @@ def _signed(x: object, digits: int = 4) -> str:
 
 
 def report_name(record: "ProposalRecord") -> str:
-    from autoresearch.engine import slugify
-
     return f"{record.idx:03d}-{slugify(record.title)}.md"
 
 
@@ -298,8 +297,11 @@ def write_plot(engine: "RunEngine", records: list["ProposalRecord"], path: Path)
     plt.close(fig)
 
 
-def write_summary(engine: "RunEngine", headline: dict) -> Path:
+def write_summary(engine: "RunEngine", headline: dict | None = None) -> Path:
+    """REPORT.md, its plot and results.tsv from the records so far: after every proposal (a run
+    killed later keeps them), and at the end with the headline (``headline`` None: still running)."""
     records = engine.records()
+    write_results_tsv(engine, records)
     spec = engine.bench.spec
     plot = engine.run_dir / "summary.png"
     write_plot(engine, records, plot)
@@ -319,7 +321,10 @@ def write_summary(engine: "RunEngine", headline: dict) -> Path:
              f"- LLM: {totals['calls']} calls, {totals['prompt_tokens'] + totals['completion_tokens']} tokens, "
              f"~${totals['cost_usd']:.4f}",
              "", "## Headline (re-verified on fresh seeds)", ""]
-    if headline.get("verified"):
+    if headline is None:
+        lines += ["The run is not finished: no headline yet (the accepted chain is re-verified on fresh seeds at "
+                  "the end). The proposals decided so far are below."]
+    elif headline.get("verified"):
         g = headline["gate"]
         lines += [f"The accepted chain ({headline['accepted']} change(s)) against the original baseline on fresh seeds "
                   f"{headline['seeds']}: test {engine.metric.name} {headline['baseline_mean']:.4f} -> "
@@ -343,6 +348,31 @@ def write_summary(engine: "RunEngine", headline: dict) -> Path:
               "```", ""]
     path = engine.run_dir / "REPORT.md"
     path.write_text("\n".join(lines))
+    return path
+
+
+RESULTS_COLUMNS = ("proposal", "commit", "decision", "reason", "mean_difference", "ci95_low", "ci95_high", "p_value",
+                   "seeds", "title")
+
+
+def write_results_tsv(engine: "RunEngine", records: list["ProposalRecord"]) -> Path:
+    """results.tsv, one row per decided proposal (as karpathy/autoresearch keeps one): rewritten
+    whole from the ledger, so a row appears once even when a killed run finishes it again."""
+    def cell(x: object) -> str:
+        return " ".join(str(x).split()) if x is not None else "-"  # tabs and line breaks of a model's title
+
+    rows = ["\t".join(RESULTS_COLUMNS)]
+    for r in records:
+        g = r.gate
+        rows.append("\t".join(cell(x) for x in (
+            r.idx, (r.commit or "")[:12] or None, r.decision, r.reason,
+            f"{g.mean_difference:+.6f}" if g else None, f"{g.ci95[0]:+.6f}" if g else None,
+            f"{g.ci95[1]:+.6f}" if g else None, f"{g.p_value:.4g}" if g else None,
+            len(r.candidate_trials) or None, one_line(r.title, 120))))
+    path = engine.run_dir / "results.tsv"
+    tmp = path.with_suffix(".tsv.tmp")
+    tmp.write_text("\n".join(rows) + "\n")
+    tmp.replace(path)
     return path
 
 

@@ -8,8 +8,8 @@ proposal not marked finished). After resume, the run must hold the same finished
 results and git refs as an uninterrupted run, with nothing duplicated.
 
 What is checked here is the engine's bookkeeping, so the runs use canned trials (the same command
-with tests/fake_executor.py, whose trials take AUTORESEARCH_FAKE_TRIAL_SECONDS); the tests marked
-slow kill and starve runs whose trials train for real in the sandbox.
+with tests/fake_executor.py, whose trials take AUTORESEARCH_FAKE_TRIAL_SECONDS); two tests kill and
+starve runs whose trials train for real in the sandbox (a kill mid-training, a disk that fills).
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ import git
 import pytest
 
 from conftest import AUTORESEARCH, FAKE_AUTORESEARCH, copy_benchmark, proposal_line
+
+# Each test starts and kills whole processes (a few seconds each, more on a busy machine).
+pytestmark = pytest.mark.slow
 
 # Three cheap proposals: two rejected at the gate's one look of 2 seeds (--seeds 2), one malformed
 # (6 trials in all with the incumbent's 2 seeds).
@@ -132,6 +135,10 @@ def _kill_then_resume(setup: dict, reference: dict, runs: Path, fault: str, real
                                    if fault.startswith("train") else "0"), timeout=900)
     assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
     run_dir = _only_run(runs)
+    if fault in ("train:3", "report:3"):  # killed in proposal 3: the summary of 1 and 2 is kept
+        assert "## Proposals" in (run_dir / "REPORT.md").read_text()
+        rows = (run_dir / "results.tsv").read_text().splitlines()
+        assert [r.split("\t")[0] for r in rows] == ["proposal", "1", "2"], rows
     resumed = _resume(run_dir, real)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "Traceback" not in resumed.stderr

@@ -91,6 +91,15 @@ def test_reports_are_self_contained(finished_run):
     assert "Headline (re-verified on fresh seeds)" in summary_md and (run_dir / "summary.png").stat().st_size > 1000
 
 
+def test_results_tsv_has_one_row_per_proposal(finished_run):
+    run_dir, summary, _ = finished_run
+    header, *rows = [line.split("\t") for line in (run_dir / "results.tsv").read_text().splitlines()]
+    assert header[:4] == ["proposal", "commit", "decision", "reason"]
+    assert [(int(r[0]), r[2], r[3]) for r in rows] == [(p["index"], p["decision"], p["reason"])
+                                                       for p in summary["proposals"]]
+    assert all(len(r) == len(header) for r in rows)
+
+
 def test_git_records(finished_run):
     run_dir, summary, _ = finished_run
     repo = git.Repo(run_dir / "repo")
