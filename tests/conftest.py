@@ -6,10 +6,10 @@ import json
 import os
 import shutil
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomlkit
 
 for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ[_var] = "1"
@@ -24,16 +24,10 @@ FAKE_AUTORESEARCH = [PYTHON, str(Path(__file__).resolve().parent / "fake_cli.py"
 
 def write_spec(root: Path, **budget_overrides) -> None:
     """Rewrite a copied benchmark's spec.toml with other budget values (tests need short timeouts)."""
-    text = (root / "spec.toml").read_text()
-    data = tomllib.loads(text)
+    doc = tomlkit.parse((root / "spec.toml").read_text())
     for key, value in budget_overrides.items():
-        data["budget"][key] = value
-    lines = []
-    for key, value in data["budget"].items():
-        lines.append(f"{key} = {json.dumps(value)}")
-    start = text.index("[budget]")
-    end = text.index("[gate]")
-    (root / "spec.toml").write_text(text[:start] + "[budget]\n" + "\n".join(lines) + "\n\n" + text[end:])
+        doc["budget"][key] = value
+    (root / "spec.toml").write_text(tomlkit.dumps(doc))
 
 
 def copy_benchmark(dest: Path, name: str = "digits-mlp", **budget_overrides) -> Path:
