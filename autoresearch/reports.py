@@ -18,6 +18,7 @@ from autoresearch.outcomes import ProposalRecord, TrialRecord, slugify
 
 if TYPE_CHECKING:  # reports read a run through the engine's attributes; they never import it
     from autoresearch.engine import RunEngine
+    from autoresearch.run_view import RunView
 
 
 def _field(obj: object, *keys: str) -> object:
@@ -376,18 +377,19 @@ def write_results_tsv(engine: "RunEngine", records: list["ProposalRecord"]) -> P
     return path
 
 
-def run_summary_json(engine: "RunEngine") -> dict:
-    row = engine.ledger.run(engine.run_id) or {}
-    records = engine.records()
+def run_summary_json(run: "RunEngine | RunView") -> dict:
+    """`show --json`: read from the ledger's run row and the records (an engine or a RunView)."""
+    row = run.ledger.run(run.run_id) or {}
+    records = run.records()
     return {
-        "run_id": engine.run_id,
-        "benchmark": engine.bench.name,
-        "benchmark_version": engine.bench.spec.version,
+        "run_id": run.run_id,
+        "benchmark": row.get("benchmark"),
+        "benchmark_version": row.get("benchmark_version"),
         "status": row.get("status"),
-        "isolation": engine.isolation,
-        "idea": engine.config.idea,
-        "fingerprints": engine.data.fingerprints,
-        "counts": engine.data.counts,
+        "isolation": run.isolation,  # this session's (an engine's), else the recorded one
+        "idea": row.get("idea"),
+        "fingerprints": json.loads(row["fingerprints_json"]) if row.get("fingerprints_json") else None,
+        "counts": json.loads(row["counts_json"]) if row.get("counts_json") else None,
         "headline": json.loads(row["headline_json"]) if row.get("headline_json") else None,
         "proposals": [{
             "index": r.idx, "title": r.title, "decision": r.decision, "reason": r.reason, "detail": r.detail,

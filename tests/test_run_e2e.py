@@ -188,3 +188,24 @@ def test_failure_modes_with_real_trials(tmp_path, fast_bench):
     assert seconds <= 15 + 10 + 3, loop["detail"]
     crash = next(r for r in (run_dir / "reports").glob("*.md") if "crash" in r.name).read_text()
     assert "RuntimeError: boom" in crash and "reason: `crash`" in crash
+
+
+def test_show_reads_the_records_alone(finished_run, tmp_path):
+    """`show` needs neither the benchmark nor the engine: a run whose benchmark version this machine
+    lacks, stored by an older schema (migrated when opened), shows as it did."""
+    import shutil
+    import sqlite3
+
+    run_dir, summary, _ = finished_run
+    old = tmp_path / run_dir.name
+    shutil.copytree(run_dir, old, ignore=shutil.ignore_patterns("data", "work"))
+    db = sqlite3.connect(old / "ledger.sqlite")
+    with db:
+        db.execute("ALTER TABLE proposals ADD COLUMN screen_json TEXT")  # as before migration 004
+        db.execute("DELETE FROM _migrations WHERE name = '004_drop_screen_json'")
+        db.execute("UPDATE runs SET benchmark_version = 'from-another-machine'")
+    db.close()
+    shown = json.loads(cli("show", str(old), "--json").stdout)
+    assert shown["proposals"] == summary["proposals"] and shown["benchmark_version"] == "from-another-machine"
+    db = sqlite3.connect(old / "ledger.sqlite")
+    assert "004_drop_screen_json" in [r[0] for r in db.execute("SELECT name FROM _migrations")]
