@@ -1,5 +1,6 @@
 """The `autoresearch` command line: options in, one call into the package, a message and an
-exit code out. What a command computes lives in the module named for it.
+exit code out. What a command computes lives in the module named for it. (Over 400 lines: click's
+option declarations and help texts are the CLI's documentation, kept beside their commands.)
 """
 
 from __future__ import annotations

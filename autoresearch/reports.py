@@ -3,6 +3,7 @@
 Text from a model or a sandbox goes through autoresearch.escaping before it is written; a trial's
 summary is read only through _field/_number/_string, because it holds whatever JSON the sandbox
 returned (train_report is the candidate's own file): a wrong shape shows as "-", never raises.
+(About 400 lines: every section of a report reads the same hostile-safe accessors above.)
 """
 
 from __future__ import annotations
