@@ -305,8 +305,8 @@ def write_summary(engine: "RunEngine", headline: dict | None = None) -> Path:
     records = engine.records()
     write_results_tsv(engine, records)
     spec = engine.bench.spec
-    plot = engine.run_dir / "summary.png"
-    write_plot(engine, records, plot)
+    if headline is not None:  # the plot once, at the end (matplotlib is the slow part of a summary)
+        write_plot(engine, records, engine.run_dir / "summary.png")
     accepted = [r for r in records if r.decision == "accepted"]
     totals = engine.ledger.llm_totals(engine.run_id)
     lines = [f"# Run {engine.run_id}", "",
@@ -345,7 +345,9 @@ def write_summary(engine: "RunEngine", headline: dict | None = None) -> Path:
                      f"{_signed(g.mean_difference) if g else '-'} | "
                      f"{f'[{g.ci95[0]:+.4f}, {g.ci95[1]:+.4f}]' if g else '-'} | {f'{g.p_value:.3g}' if g else '-'} | "
                      f"[{rep}](reports/{rep}) |")
-    lines += ["", "![each proposal against its incumbent](summary.png)", "", "## Replay", "", "```sh",
+    if headline is not None:
+        lines += ["", "![each proposal against its incumbent](summary.png)"]
+    lines += ["", "## Replay", "", "```sh",
               f"autoresearch replay {engine.run_dir} --verify", f"git -C {engine.run_dir / 'repo'} log --oneline accepted",
               "```", ""]
     path = engine.run_dir / "REPORT.md"
