@@ -31,6 +31,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
 
+from autoresearch.reasons import ProposalRejected
+
 MAX_EDITS = 50
 MAX_TEXT_CHARS = 200_000  # per search/replace text, and per whole-file content
 MAX_TITLE_CHARS = 200
@@ -44,15 +46,6 @@ WHOLE_FILE_MAX_CHARS = 3000
 # ... and the model is small: a parameter count in its name of at most this many billions
 # (qwen2.5-coder-1.5b, llama-3.2-3b, qwen2.5-coder-7b, llama3:8b), or no name (the embedded default).
 SMALL_MODEL_MAX_BILLIONS = 8.0
-
-
-class ProposalRejected(ValueError):
-    """A proposal that cannot be trained; ``reason`` is the report's reason code."""
-
-    reason = "invalid_proposal"
-
-    def __init__(self, message: str):
-        super().__init__(message)
 
 
 class InvalidProposal(ProposalRejected):

@@ -176,6 +176,23 @@ def builtin_names() -> list[str]:
     return sorted(p.name for p in builtin_dir().iterdir() if (p / "spec.toml").is_file())
 
 
+def catalogue() -> list[dict]:
+    """The built-in benchmarks as `autoresearch benchmarks` lists them: spec, frozen harness,
+    editable files, where the data comes from and whether its fingerprints are pinned."""
+    items = []
+    for name in builtin_names():
+        b = load_benchmark(name)
+        d = b.spec.data
+        hub = d.source == "hf-datasets" and not Path(str(d.options.get("path", ""))).expanduser().is_dir()
+        data = {"source": d.source, "dataset": d.options.get("path"), "revision": d.options.get("revision"),
+                "needs_hub": hub, "pinned": not unpinned_splits(b.spec), "sizes": d.sizes}
+        items.append({"name": b.name, "version": b.spec.version, "description": b.spec.description,
+                      "root": str(b.root), "harness": str(b.harness_dir),
+                      "editable": [str(p.resolve()) for p in b.editable_files()],
+                      "metric": b.spec.metric.name, "direction": b.spec.metric.direction, "data": data})
+    return items
+
+
 def builtin_harness_dir() -> Path:
     return Path(str(resources.files("autoresearch") / "harnesses"))
 

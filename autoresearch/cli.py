@@ -1,46 +1,64 @@
-"""The `autoresearch` command line."""
+"""The `autoresearch` command line: options in, one call into the package, a message and an
+exit code out. What a command computes lives in the module named for it. (Over 400 lines: click's
+option declarations and help texts are the CLI's documentation, kept beside their commands.)
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
+from enum import IntEnum
 from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.table import Table
+
+from autoresearch.escaping import terminal_text
+from autoresearch.ledger import Ledger, LedgerError
 
 console = Console()
 err = Console(stderr=True)
 
-EXIT_USER = 2
-EXIT_DATA = 3
-EXIT_STORAGE = 4
-EXIT_ISOLATION = 5
-EXIT_LLM = 6
+
+class Exit(IntEnum):
+    """The command's exit status: what a script calling it can tell apart."""
+
+    OK = 0
+    NOT_HELD = 1  # replay --verify: the accepted chain's gain did not hold on fresh seeds
+    USER = 2  # a usage error, a bad option, benchmark or spec (click's usage errors are 2 too)
+    DATA = 3  # data unavailable, or not the data the spec or run pins
+    STORAGE = 4  # the runs folder or the ledger cannot be written
+    ISOLATION = 5  # the sandbox cannot run here (and --isolation none was not chosen)
+    LLM = 6  # the LLM endpoint cannot be reached or keeps failing
 
 
-def _fail(message: str, code: int) -> None:
-    from autoresearch.escaping import terminal_text
+# The names scripts and tests know.
+EXIT_USER, EXIT_DATA, EXIT_STORAGE, EXIT_ISOLATION, EXIT_LLM = Exit.USER, Exit.DATA, Exit.STORAGE, Exit.ISOLATION, Exit.LLM
 
+
+def _fail(message: str, code: Exit) -> None:
     # The message may quote a model's text (git am's stderr names a commit subject): never markup.
     err.print("[bold red]error:[/]", terminal_text(message), highlight=False)
-    sys.exit(code)
+    sys.exit(int(code))
 
 
 def _guard(fn):
     """Turn the errors a user can cause into a clear message and exit code, not a traceback."""
-    import functools
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        # Imported here, not at the top: their modules pull in numpy, pydantic, git and torch's
+        # helpers (half a second), and `autoresearch --help` should not wait for them.
+        from pydantic import ValidationError
+
         from autoresearch.benchmark import BenchmarkError
         from autoresearch.datasets import DataMismatch, DataUnavailable
         from autoresearch.envinfo import DeviceUnavailable
-        from autoresearch.sandbox.executors import ExecutorUnavailable
-        from pydantic import ValidationError
-        from autoresearch.ledger import LedgerError
         from autoresearch.replay import ReplayError
+        from autoresearch.sandbox.executors import ExecutorUnavailable
         from autoresearch.sandbox.isolation import IsolationUnavailable, SandboxUnreadable
         from autoresearch.sandbox.pyview import PackageNotInstalled
         from autoresearch.seeding import SecretError
@@ -48,34 +66,34 @@ def _guard(fn):
         try:
             return fn(*args, **kwargs)
         except BenchmarkError as exc:
-            _fail(str(exc), EXIT_USER)
+            _fail(str(exc), Exit.USER)
         except DataUnavailable as exc:
-            _fail(f"data unavailable: {exc}", EXIT_DATA)
+            _fail(f"data unavailable: {exc}", Exit.DATA)
         except DataMismatch as exc:
-            _fail(f"data mismatch: {exc}", EXIT_DATA)
+            _fail(f"data mismatch: {exc}", Exit.DATA)
         except LedgerError as exc:
-            _fail(str(exc), EXIT_STORAGE)
+            _fail(str(exc), Exit.STORAGE)
         except (IsolationUnavailable, SandboxUnreadable, PackageNotInstalled) as exc:
-            _fail(str(exc), EXIT_ISOLATION)
+            _fail(str(exc), Exit.ISOLATION)
         except SecretError as exc:
-            _fail(str(exc), EXIT_USER)
+            _fail(str(exc), Exit.USER)
         except ReplayError as exc:
-            _fail(f"replay: {exc}", EXIT_USER)
+            _fail(f"replay: {exc}", Exit.USER)
         except (DeviceUnavailable, ExecutorUnavailable) as exc:
-            _fail(str(exc), EXIT_USER)
+            _fail(str(exc), Exit.USER)
         except ValidationError as exc:  # options that click let through but the typed run config refuses
             if exc.title != "RunConfig":
                 raise
             problems = "; ".join(f"--{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']} "
                                  f"(got {e.get('input')!r})" for e in exc.errors())
-            _fail(f"invalid option: {problems}", EXIT_USER)
+            _fail(f"invalid option: {problems}", Exit.USER)
         except OSError as exc:
             # ENOSPC, EROFS, EACCES, EDQUOT; errno None: a short write (numpy's tofile on a full disk)
             if exc.errno in (28, 30, 13, 122) or exc.errno is None:
-                _fail(f"storage error: {exc}", EXIT_STORAGE)
+                _fail(f"storage error: {exc}", Exit.STORAGE)
             raise
         except _LLMError as exc:
-            _fail(str(exc), EXIT_LLM)
+            _fail(str(exc), Exit.LLM)
 
     return wrapper
 
@@ -123,8 +141,6 @@ def _resolve_run(run: str, runs_dir: Path) -> Path:
         matches = sorted(d for d in runs_dir.iterdir() if d.name.startswith(run) and (d / "ledger.sqlite").is_file())
     if len(matches) == 1:
         return matches[0]
-    from autoresearch.ledger import LedgerError
-
     raise LedgerError(f"no run {run!r} (looked for a run folder and under {runs_dir})")
 
 
@@ -225,61 +241,47 @@ def resume(run, slots, isolation, runs_dir):
     _execute(None, lines=None, run_dir=_resolve_run(run, runs_dir), slots=slots, isolation=isolation)
 
 
-def _make_executor(config):
-    from autoresearch.engine import LocalExecutor
-
-    if config.executor == "ray":
-        from autoresearch.sandbox.executors import RayExecutor
-
-        return RayExecutor(address=config.ray_address, slots=config.slots)
-    from autoresearch.sandbox.executors import slot_devices
-
-    from autoresearch.envinfo import resolve_device
-
-    resolve_device(config.device)  # a device this machine lacks is a clear error before anything starts
-    gpus = 0 if config.device == "cpu" else __import__("torch").cuda.device_count()
-    return LocalExecutor(config.slots, devices=slot_devices(config.device, config.slots, gpus))  # one GPU per slot
-
-
 UNSANDBOXED = ("isolation none: proposals run WITHOUT a sandbox, with your user's rights (they can read the "
                "run's held-out labels, your files and the network); trust these results as far as you trust the code")
+
+
+def _open_llm_session(config):
+    """The agent's LLM session (agent.loop.open_llm_session); an endpoint that fails is exit 6."""
+    from autoresearch.agent.loop import open_llm_session
+
+    try:
+        return open_llm_session(config)
+    except _llm_error_types() as exc:
+        raise _LLMError(str(exc)) from None
 
 
 def _execute(config, *, lines, run_dir, slots=None, isolation=None) -> None:
     from autoresearch.engine import RunEngine, read_proposal_lines, run_proposal_lines
     from autoresearch.live import LiveEvents
+    from autoresearch.sandbox.executors import make_executor
     from autoresearch.sandbox.isolation import isolation_level
 
     llm_errors = _llm_error_types()
     events = LiveEvents(console)
     if run_dir is None:
         isolation_level(config.isolation)  # refuse before an LLM is started or a run folder made
-        agent_session = None
-        if config.idea:
-            # Reach the LLM before any training starts: an unreachable endpoint is an immediate, clear error.
-            from autoresearch.agent.loop import open_llm_session
-
-            try:
-                agent_session = open_llm_session(config)
-            except llm_errors as exc:
-                raise _LLMError(str(exc)) from None
-        engine = RunEngine.create(config, executor=_make_executor(config), events=events)
+        # Reach the LLM before any training starts: an unreachable endpoint is an immediate, clear error.
+        agent_session = _open_llm_session(config) if config.idea else None
+        try:
+            engine = RunEngine.create(config, executor=make_executor(config), events=events)
+        except BaseException:
+            if agent_session is not None:
+                agent_session.close()
+            raise
         if lines:
             (engine.run_dir / "proposals.jsonl").write_text("\n".join(lines) + "\n")
     else:
         engine = RunEngine.open(run_dir, events=events, slots=slots, isolation=isolation)
-        engine.executor = _make_executor(engine.config)
+        engine.executor = make_executor(engine.config)
         config = engine.config
-        agent_session = None
         if (engine.run_dir / "proposals.jsonl").is_file():
             lines = read_proposal_lines((engine.run_dir / "proposals.jsonl").read_text())
-        elif config.idea:
-            from autoresearch.agent.loop import open_llm_session
-
-            try:
-                agent_session = open_llm_session(config)
-            except llm_errors as exc:
-                raise _LLMError(str(exc)) from None
+        agent_session = _open_llm_session(config) if config.idea and not lines else None
         engine.events.records = engine.records()
     console.print(f"run [bold]{engine.run_id}[/] in {engine.run_dir}  (isolation: {engine.isolation}, "
                   f"device: {engine.device})", highlight=False)
@@ -310,12 +312,12 @@ def _execute(config, *, lines, run_dir, slots=None, isolation=None) -> None:
 @_guard
 def show(run, as_json, runs_dir):
     """Show a run: its headline and every proposal's decision."""
-    from autoresearch.engine import RunEngine
     from autoresearch.live import decisions_table
     from autoresearch.reports import run_summary_json
+    from autoresearch.run_view import RunView
 
-    engine = RunEngine.open(_resolve_run(run, runs_dir), read_only=True)
-    summary = run_summary_json(engine)
+    view = RunView(_resolve_run(run, runs_dir))  # the records only: no benchmark, data or engine
+    summary = run_summary_json(view)
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
         return
@@ -329,7 +331,7 @@ def show(run, as_json, runs_dir):
     headline = summary["headline"]
     if headline:
         console.print(f"headline: {headline.get('detail')}", highlight=False)
-    console.print(f"report: {engine.run_dir / 'REPORT.md'}", highlight=False)
+    console.print(f"report: {view.run_dir / 'REPORT.md'}", highlight=False)
 
 
 @main.command(name="list")
@@ -337,10 +339,6 @@ def show(run, as_json, runs_dir):
 @_guard
 def list_runs(runs_dir):
     """List runs under the runs folder."""
-    from rich.table import Table
-
-    from autoresearch.ledger import Ledger
-
     table = Table()
     for col in ("run", "benchmark", "status", "proposals", "accepted", "idea"):
         table.add_column(col)
@@ -361,20 +359,9 @@ def list_runs(runs_dir):
 @_guard
 def benchmarks(as_json):
     """List the built-in benchmarks and their editable files."""
-    from autoresearch.benchmark import builtin_names, load_benchmark, unpinned_splits
+    from autoresearch.benchmark import catalogue
 
-    items = []
-    for name in builtin_names():
-        b = load_benchmark(name)
-        d = b.spec.data
-        hub = d.source == "hf-datasets" and not Path(str(d.options.get("path", ""))).expanduser().is_dir()
-        data = {"source": d.source, "dataset": d.options.get("path"), "revision": d.options.get("revision"),
-                "needs_hub": hub, "pinned": not unpinned_splits(b.spec),
-                "sizes": d.sizes}
-        items.append({"name": b.name, "version": b.spec.version, "description": b.spec.description,
-                      "root": str(b.root), "harness": str(b.harness_dir),
-                      "editable": [str(p.resolve()) for p in b.editable_files()],
-                      "metric": b.spec.metric.name, "direction": b.spec.metric.direction, "data": data})
+    items = catalogue()
     if as_json:
         click.echo(json.dumps(items, indent=2))
         return
@@ -407,7 +394,7 @@ def doctor():
     console.print(f"user namespaces: {userns}", highlight=False)
     problem = iso.isolation_problem()
     console.print("run: proposals run in the bubblewrap sandbox" if problem is None else
-                  f"run: REFUSES to run proposals (exit {EXIT_ISOLATION}): {problem}; or pass --isolation none "
+                  f"run: REFUSES to run proposals (exit {int(Exit.ISOLATION)}): {problem}; or pass --isolation none "
                   "to run them unsandboxed with your user's rights, knowingly", highlight=False)
     console.print(describe_cgroups(), highlight=False)
     budget = load_benchmark("digits-mlp").spec.budget
@@ -453,7 +440,6 @@ def doctor():
 @_guard
 def replay(run, onto, verify, seed_base, isolation, runs_dir):
     """Apply the run's accepted commits onto a fresh checkout of the benchmark repo with git."""
-    from autoresearch.escaping import terminal_text
     from autoresearch.replay import replay_run, verify_replay
 
     run_dir = _resolve_run(run, runs_dir)
@@ -469,7 +455,7 @@ def replay(run, onto, verify, seed_base, isolation, runs_dir):
             headline = verify_replay(run_dir, result, seed_base=seed_base, events=events, isolation=isolation)
         console.print(f"[bold]verification:[/] {headline['detail']}", highlight=False)
         if headline.get("verified") and not headline.get("holds"):
-            sys.exit(1)
+            sys.exit(int(Exit.NOT_HELD))
 
 
 @main.command(name="init-benchmark")

@@ -97,7 +97,7 @@ def permutation_split(x: np.ndarray, y: np.ndarray, *, seed: int, sizes: dict[st
     return out
 
 
-# --------------------------------------------------------------------------- more sources (issue 5)
+# --------------------------------------------------------------------------- more sources
 
 
 def is_pinned(digest: str) -> bool:

@@ -7,7 +7,9 @@ import subprocess
 import sys
 from importlib import metadata
 
-PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "GitPython", "openai", "langgraph", "autoresearch-gate")
+# The hub benchmarks train with datasets and transformers: recorded too ("not installed" without the [hub] extra).
+PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "GitPython", "openai", "langgraph", "datasets", "transformers",
+            "autoresearch-gate")
 
 
 def versions() -> dict[str, str]:

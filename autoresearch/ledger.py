@@ -103,6 +103,10 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE trials ADD COLUMN perturbed_correct BLOB;
         ALTER TABLE proposals ADD COLUMN integrity_json TEXT
     """),
+    # The one-seed val screen went with gate v2; its column was never written since.
+    ("004_drop_screen_json", """
+        ALTER TABLE proposals DROP COLUMN screen_json
+    """),
 ]
 
 
@@ -161,6 +165,12 @@ class Ledger:
     def transaction(self) -> "Ledger._Tx":
         return Ledger._Tx(self.conn)
 
+    def _insert(self, table: str, fields: dict[str, Any], *, verb: str = "INSERT") -> None:
+        """One row; ``fields`` are column names the code chose (never from a proposal or a sandbox)."""
+        cols = ", ".join(fields)
+        marks = ", ".join(f":{k}" for k in fields)
+        self._write(f"{verb} INTO {table} ({cols}) VALUES ({marks})", fields)
+
     def _write(self, sql: str, params: tuple | dict) -> None:
         try:
             with self.transaction() as c:
@@ -176,9 +186,7 @@ class Ledger:
     def create_run(self, **fields: Any) -> None:
         fields.setdefault("created_at", time.time())
         fields.setdefault("status", "running")
-        cols = ", ".join(fields)
-        marks = ", ".join(f":{k}" for k in fields)
-        self._write(f"INSERT INTO runs ({cols}) VALUES ({marks})", fields)
+        self._insert("runs", fields)
 
     def update_run(self, run_id: str, **fields: Any) -> None:
         sets = ", ".join(f"{k} = :{k}" for k in fields)
@@ -199,9 +207,7 @@ class Ledger:
     def add_proposal(self, **fields: Any) -> None:
         fields.setdefault("started_at", time.time())
         fields.setdefault("state", "pending")
-        cols = ", ".join(fields)
-        marks = ", ".join(f":{k}" for k in fields)
-        self._write(f"INSERT OR IGNORE INTO proposals ({cols}) VALUES ({marks})", fields)
+        self._insert("proposals", fields, verb="INSERT OR IGNORE")
 
     def update_proposal(self, run_id: str, idx: int, **fields: Any) -> None:
         sets = ", ".join(f"{k} = :{k}" for k in fields)
@@ -219,9 +225,7 @@ class Ledger:
 
     def put_trial(self, **fields: Any) -> None:
         fields.setdefault("created_at", time.time())
-        cols = ", ".join(fields)
-        marks = ", ".join(f":{k}" for k in fields)
-        self._write(f"INSERT OR REPLACE INTO trials ({cols}) VALUES ({marks})", fields)
+        self._insert("trials", fields, verb="INSERT OR REPLACE")
 
     def trial(self, run_id: str, cache_key: str) -> dict | None:
         row = self.conn.execute("SELECT * FROM trials WHERE run_id = ? AND cache_key = ?", (run_id, cache_key)).fetchone()
@@ -234,9 +238,7 @@ class Ledger:
 
     def log_llm_call(self, **fields: Any) -> None:
         fields.setdefault("created_at", time.time())
-        cols = ", ".join(fields)
-        marks = ", ".join(f":{k}" for k in fields)
-        self._write(f"INSERT INTO llm_calls ({cols}) VALUES ({marks})", fields)
+        self._insert("llm_calls", fields)
 
     def llm_calls(self, run_id: str) -> list[dict]:
         return [dict(r) for r in self.conn.execute("SELECT * FROM llm_calls WHERE run_id = ? ORDER BY id", (run_id,))]

@@ -14,7 +14,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from autoresearch.engine import Events, ProposalRecord
+from autoresearch.outcomes import Events, ProposalRecord
 from autoresearch.escaping import one_line, terminal_text
 
 

@@ -74,9 +74,6 @@ class RunRepo:
         except (git.BadName, ValueError):
             return None
 
-    def diff(self, parent: str, sha: str) -> str:
-        return self.repo.git.diff(parent, sha, "--no-color", "--no-ext-diff")
-
     # ------------------------------------------------------------------ writing
 
     def _commit_tree(self, files: dict[str, bytes | str], message: str, parents: list[str]) -> str:

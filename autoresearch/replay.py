@@ -25,7 +25,7 @@ class ReplayResult:
 
 def replay_run(run_dir: Path, onto: Path | None) -> ReplayResult:
     from autoresearch.benchmark import load_benchmark
-    from autoresearch.engine import files_hash
+    from autoresearch.outcomes import files_hash
     from autoresearch.ledger import Ledger
     import json
 

@@ -3,6 +3,7 @@
 Text from a model or a sandbox goes through autoresearch.escaping before it is written; a trial's
 summary is read only through _field/_number/_string, because it holds whatever JSON the sandbox
 returned (train_report is the candidate's own file): a wrong shape shows as "-", never raises.
+(About 400 lines: every section of a report reads the same hostile-safe accessors above.)
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from autoresearch.escaping import markdown_code, markdown_inline
+from autoresearch.escaping import markdown_code, markdown_inline, one_line
 from autoresearch.gate import StageDecision
+from autoresearch.outcomes import ProposalRecord, TrialRecord, slugify
 
-if TYPE_CHECKING:
-    from autoresearch.engine import ProposalRecord, RunEngine, TrialRecord
+if TYPE_CHECKING:  # reports read a run through the engine's attributes; they never import it
+    from autoresearch.engine import RunEngine
+    from autoresearch.run_view import RunView
 
 
 def _field(obj: object, *keys: str) -> object:
@@ -55,8 +58,6 @@ def _signed(x: object, digits: int = 4) -> str:
 
 
 def report_name(record: "ProposalRecord") -> str:
-    from autoresearch.engine import slugify
-
     return f"{record.idx:03d}-{slugify(record.title)}.md"
 
 
@@ -298,11 +299,14 @@ def write_plot(engine: "RunEngine", records: list["ProposalRecord"], path: Path)
     plt.close(fig)
 
 
-def write_summary(engine: "RunEngine", headline: dict) -> Path:
+def write_summary(engine: "RunEngine", headline: dict | None = None) -> Path:
+    """REPORT.md, its plot and results.tsv from the records so far: after every proposal (a run
+    killed later keeps them), and at the end with the headline (``headline`` None: still running)."""
     records = engine.records()
+    write_results_tsv(engine, records)
     spec = engine.bench.spec
-    plot = engine.run_dir / "summary.png"
-    write_plot(engine, records, plot)
+    if headline is not None:  # the plot once, at the end (matplotlib is the slow part of a summary)
+        write_plot(engine, records, engine.run_dir / "summary.png")
     accepted = [r for r in records if r.decision == "accepted"]
     totals = engine.ledger.llm_totals(engine.run_id)
     lines = [f"# Run {engine.run_id}", "",
@@ -319,7 +323,10 @@ def write_summary(engine: "RunEngine", headline: dict) -> Path:
              f"- LLM: {totals['calls']} calls, {totals['prompt_tokens'] + totals['completion_tokens']} tokens, "
              f"~${totals['cost_usd']:.4f}",
              "", "## Headline (re-verified on fresh seeds)", ""]
-    if headline.get("verified"):
+    if headline is None:
+        lines += ["The run is not finished: no headline yet (the accepted chain is re-verified on fresh seeds at "
+                  "the end). The proposals decided so far are below."]
+    elif headline.get("verified"):
         g = headline["gate"]
         lines += [f"The accepted chain ({headline['accepted']} change(s)) against the original baseline on fresh seeds "
                   f"{headline['seeds']}: test {engine.metric.name} {headline['baseline_mean']:.4f} -> "
@@ -338,7 +345,9 @@ def write_summary(engine: "RunEngine", headline: dict) -> Path:
                      f"{_signed(g.mean_difference) if g else '-'} | "
                      f"{f'[{g.ci95[0]:+.4f}, {g.ci95[1]:+.4f}]' if g else '-'} | {f'{g.p_value:.3g}' if g else '-'} | "
                      f"[{rep}](reports/{rep}) |")
-    lines += ["", "![each proposal against its incumbent](summary.png)", "", "## Replay", "", "```sh",
+    if headline is not None:
+        lines += ["", "![each proposal against its incumbent](summary.png)"]
+    lines += ["", "## Replay", "", "```sh",
               f"autoresearch replay {engine.run_dir} --verify", f"git -C {engine.run_dir / 'repo'} log --oneline accepted",
               "```", ""]
     path = engine.run_dir / "REPORT.md"
@@ -346,18 +355,44 @@ def write_summary(engine: "RunEngine", headline: dict) -> Path:
     return path
 
 
-def run_summary_json(engine: "RunEngine") -> dict:
-    row = engine.ledger.run(engine.run_id) or {}
-    records = engine.records()
+RESULTS_COLUMNS = ("proposal", "commit", "decision", "reason", "mean_difference", "ci95_low", "ci95_high", "p_value",
+                   "seeds", "title")
+
+
+def write_results_tsv(engine: "RunEngine", records: list["ProposalRecord"]) -> Path:
+    """results.tsv, one row per decided proposal (as karpathy/autoresearch keeps one): rewritten
+    whole from the ledger, so a row appears once even when a killed run finishes it again."""
+    def cell(x: object) -> str:
+        return " ".join(str(x).split()) if x is not None else "-"  # tabs and line breaks of a model's title
+
+    rows = ["\t".join(RESULTS_COLUMNS)]
+    for r in records:
+        g = r.gate
+        rows.append("\t".join(cell(x) for x in (
+            r.idx, (r.commit or "")[:12] or None, r.decision, r.reason,
+            f"{g.mean_difference:+.6f}" if g else None, f"{g.ci95[0]:+.6f}" if g else None,
+            f"{g.ci95[1]:+.6f}" if g else None, f"{g.p_value:.4g}" if g else None,
+            len(r.candidate_trials) or None, one_line(r.title, 120))))
+    path = engine.run_dir / "results.tsv"
+    tmp = path.with_suffix(".tsv.tmp")
+    tmp.write_text("\n".join(rows) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def run_summary_json(run: "RunEngine | RunView") -> dict:
+    """`show --json`: read from the ledger's run row and the records (an engine or a RunView)."""
+    row = run.ledger.run(run.run_id) or {}
+    records = run.records()
     return {
-        "run_id": engine.run_id,
-        "benchmark": engine.bench.name,
-        "benchmark_version": engine.bench.spec.version,
+        "run_id": run.run_id,
+        "benchmark": row.get("benchmark"),
+        "benchmark_version": row.get("benchmark_version"),
         "status": row.get("status"),
-        "isolation": engine.isolation,
-        "idea": engine.config.idea,
-        "fingerprints": engine.data.fingerprints,
-        "counts": engine.data.counts,
+        "isolation": run.isolation,  # this session's (an engine's), else the recorded one
+        "idea": row.get("idea"),
+        "fingerprints": json.loads(row["fingerprints_json"]) if row.get("fingerprints_json") else None,
+        "counts": json.loads(row["counts_json"]) if row.get("counts_json") else None,
         "headline": json.loads(row["headline_json"]) if row.get("headline_json") else None,
         "proposals": [{
             "index": r.idx, "title": r.title, "decision": r.decision, "reason": r.reason, "detail": r.detail,

@@ -10,18 +10,12 @@ from __future__ import annotations
 import re
 import shutil
 import time
-import tomllib
 from pathlib import Path
+
+import tomlkit
 
 from autoresearch.benchmark import BenchmarkError, BenchmarkSpec, check_fingerprints, load_benchmark, materialise_splits
 from autoresearch.datasets import fingerprint_split
-
-
-def _section_bounds(text: str, header: str) -> tuple[int, int]:
-    start = text.index(f"[{header}]")
-    nxt = re.search(r"^\[", text[start + len(header) + 2:], flags=re.M)
-    end = start + len(header) + 2 + nxt.start() if nxt else len(text)
-    return start, end
 
 
 def init_benchmark(dest: Path, template: str = "digits-mlp", *, revision: str | None = None) -> dict[str, str]:
@@ -48,37 +42,31 @@ def init_benchmark(dest: Path, template: str = "digits-mlp", *, revision: str | 
 
 
 def _drop_harness_key(spec_path: Path, name: str) -> None:
-    """Replace the top-level `harness = ...` line with a note: the copy runs its own harness/ now."""
-    text = spec_path.read_text()
-    want = tomllib.loads(text)
-    want.pop("harness", None)
-    note = f"# harness/ is a frozen copy of autoresearch's built-in {name} harness, made by init-benchmark"
-    for line in re.finditer(r"^harness\s*=.*$", text, flags=re.M):  # the one whose removal leaves the rest as is
-        edited = text[:line.start()] + note + text[line.end():]
-        try:
-            if tomllib.loads(edited) == want:
-                spec_path.write_text(edited)
-                return
-        except tomllib.TOMLDecodeError:
-            continue
-    raise BenchmarkError(f"{spec_path}: could not drop the top-level `harness = ...` line of the copy")
+    """Drop the top-level `harness = ...` key (comments and layout kept): the copy runs its own harness/."""
+    doc = tomlkit.parse(spec_path.read_text())
+    doc.remove("harness")
+    note = f"# harness/ is a frozen copy of autoresearch's built-in {name} harness, made by init-benchmark\n"
+    spec_path.write_text(note + tomlkit.dumps(doc))
 
 
 def _pin(template: str, dest: Path, revision: str | None) -> dict[str, str]:
     spec_path = dest / "spec.toml"
-    text = spec_path.read_text()
-    text = re.sub(r'^name = ".*"$', f'name = "{dest.name}"', text, count=1, flags=re.M)
+    doc = tomlkit.parse(spec_path.read_text())
+    doc["name"] = dest.name
     if revision is not None:
-        if not re.search(r'^revision = ".*"$', text, flags=re.M):
+        options = doc["data"].get("options", doc["data"])
+        if "revision" not in options:
             raise BenchmarkError(f"template {template} has no dataset revision to pin")
-        text = re.sub(r'^revision = ".*"$', f'revision = "{revision}"', text, count=1, flags=re.M)
-    spec = BenchmarkSpec.model_validate(tomllib.loads(text))
+        options["revision"] = revision
+    spec = BenchmarkSpec.model_validate(doc.unwrap())
     fingerprints = {name: fingerprint_split(split) for name, split in materialise_splits(spec).items()}
-    start, end = _section_bounds(text, "data.fingerprints")
-    pinned = "\n".join(f'{k} = "{v}"' for k, v in fingerprints.items())
-    text = (text[:start] + f"[data.fingerprints]\n# computed by `autoresearch init-benchmark` from {template} on "
-            f"{time.strftime('%Y-%m-%d')}\n{pinned}\n\n" + text[end:])
-    spec_path.write_text(text)
+    pinned = tomlkit.table()
+    pinned.add(tomlkit.comment(f"computed by `autoresearch init-benchmark` from {template} on "
+                               f"{time.strftime('%Y-%m-%d')}"))
+    for split, digest in fingerprints.items():
+        pinned.add(split, digest)
+    doc["data"]["fingerprints"] = pinned
+    spec_path.write_text(tomlkit.dumps(doc))
     bench = load_benchmark(dest)
     check_fingerprints(bench.spec, materialise_splits(bench.spec))  # the written pins load and match
     return fingerprints

@@ -36,9 +36,6 @@ class Metric:
         """Positive when the candidate is better, whatever the direction."""
         return candidate - incumbent if self.direction == "higher" else incumbent - candidate
 
-    def better(self, a: float, b: float) -> bool:
-        return self.improvement(a, b) > 0
-
 
 @dataclass(frozen=True)
 class SplitScores:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ast
 
-from autoresearch.agent.proposal import ProposalRejected
+from autoresearch.reasons import ProposalRejected, Reason
 
 # Calls that reseed or replace the state of a global random generator.
 RESEED_CALLS = {"seed", "manual_seed", "manual_seed_all", "set_rng_state", "setstate", "set_state",
@@ -34,7 +34,7 @@ FORBIDDEN_CALLS = {"setattr", "delattr"}
 
 
 class Tampered(ProposalRejected):
-    reason = "tampered"
+    reason = Reason.TAMPERED
 
 
 def _dotted(node: ast.AST) -> str | None:
@@ -45,9 +45,7 @@ def _dotted(node: ast.AST) -> str | None:
     if isinstance(node, ast.Name):
         parts.append(node.id)
         return ".".join(reversed(parts))
-    if isinstance(node, ast.Call):  # e.g. torch.Generator().manual_seed: a private generator is fine
-        return None
-    return None
+    return None  # e.g. the call in torch.Generator().manual_seed: a private generator is fine
 
 
 def _root(name: str | None) -> str | None:

@@ -16,10 +16,23 @@ import dataclasses
 import os
 import queue
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import Callable, Protocol
 
 from autoresearch.sandbox.gpus import NvidiaGpu, nvidia_gpus, visible_gpus
-from autoresearch.sandbox.trial import TrialOutput, TrialRequest, TrialStatus
+from autoresearch.sandbox.trial import TrialOutput, TrialRequest, TrialStatus, run_trials
+
+TrialFn = Callable[[TrialRequest], list[TrialOutput]]
+OnStart = Callable[[TrialRequest], None]
+
+
+class Executor(Protocol):
+    """What the engine needs of an executor: how many requests it runs at once, and ``map``,
+    which runs every request (calling ``on_start(request)`` on the driver as each one starts)
+    and returns each request's outputs in request order."""
+
+    slots: int
+
+    def map(self, requests: list[TrialRequest], on_start: OnStart | None = None) -> list[list[TrialOutput]]: ...
 
 CUDA_CONTROL_NODES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")
 
@@ -86,8 +99,7 @@ def pin_request(req: TrialRequest, device: str, exists: Callable[[str], bool] = 
     return dataclasses.replace(req, devices=pin.devices, env=tuple(sorted(env.items())), config=config | pin.config)
 
 
-def run_on_slots(fn: Callable[[TrialRequest], list[TrialOutput]], requests: list[TrialRequest],
-                 devices: list[str]) -> list[list[TrialOutput]]:
+def run_on_slots(fn: TrialFn, requests: list[TrialRequest], devices: list[str]) -> list[list[TrialOutput]]:
     """Run requests on len(devices) slots; a slot holds its device for the whole request."""
     free: queue.Queue[str] = queue.Queue()
     for d in devices:
@@ -104,6 +116,44 @@ def run_on_slots(fn: Callable[[TrialRequest], list[TrialOutput]], requests: list
         return list(pool.map(one, requests))
 
 
+class LocalExecutor:
+    """Runs trials in parallel slots on this machine (threads that each drive one sandbox).
+    ``devices``: one per slot (e.g. cuda:0, cuda:1); each trial is pinned to its slot's device.
+    ``trial_fn``: what runs one request (default: the sandboxed ``run_trials``, looked up when
+    called, so that a test can stand a fake in for it)."""
+
+    def __init__(self, slots: int = 1, devices: list[str] | None = None, *, trial_fn: TrialFn | None = None):
+        self.slots = max(1, slots)
+        self.devices = list(devices) if devices else None
+        self.trial_fn = trial_fn
+
+    def map(self, requests: list[TrialRequest], on_start: OnStart | None = None) -> list[list[TrialOutput]]:
+        def one(req: TrialRequest) -> list[TrialOutput]:
+            if on_start is not None:
+                on_start(req)
+            return (self.trial_fn or run_trials)(req)
+
+        if self.devices and any(d != "cpu" for d in self.devices):
+            return run_on_slots(one, requests, self.devices[:self.slots])
+        if self.slots == 1 or len(requests) <= 1:
+            return [one(r) for r in requests]
+        with ThreadPoolExecutor(max_workers=self.slots) as pool:
+            return list(pool.map(one, requests))
+
+
+def make_executor(config) -> Executor:
+    """The executor a run's config asks for (``autoresearch.config.RunConfig``): Ray tasks, or
+    local slots, one GPU per slot where the device is CUDA. A device this machine lacks, or a Ray
+    cluster that does not answer, is a clear error before anything starts."""
+    if config.executor == "ray":
+        return RayExecutor(address=config.ray_address, slots=config.slots)
+    from autoresearch.envinfo import resolve_device
+
+    resolve_device(config.device)
+    gpus = 0 if config.device == "cpu" else __import__("torch").cuda.device_count()
+    return LocalExecutor(config.slots, devices=slot_devices(config.device, config.slots, gpus))
+
+
 # --------------------------------------------------------------------------- Ray
 
 
@@ -114,7 +164,7 @@ def _lost(req: TrialRequest, exc: BaseException, attempts: int) -> list[TrialOut
             for seed in req.seeds]
 
 
-def _ray_trial(fn: Callable[[TrialRequest], list[TrialOutput]], req: TrialRequest) -> list[TrialOutput]:
+def _ray_trial(fn: TrialFn, req: TrialRequest) -> list[TrialOutput]:
     """Runs on a Ray worker: pin the GPU Ray assigned to this task (if any), then run the trial."""
     import ray
 
@@ -167,11 +217,13 @@ class RayExecutor:
     ledger stay on the driver: tasks return the raw outputs. Paths in the requests (run folder,
     data, workspace) must be visible at the same place on every node (one machine, or shared
     storage). A task whose worker dies is retried by Ray (``max_retries``); if it still fails,
-    its trial is returned as a ``crash`` with the reason, never dropped.
+    its trial is returned as a ``crash`` with the reason, never dropped. ``trial_fn`` is what a
+    task runs (the sandboxed ``run_trials``; it must be picklable).
     """
 
     def __init__(self, address: str | None = None, slots: int = 1, *, max_retries: int = 1,
-                 num_gpus_per_trial: float | None = None, init_kwargs: dict | None = None):
+                 num_gpus_per_trial: float | None = None, init_kwargs: dict | None = None,
+                 trial_fn: TrialFn = run_trials):
         loopback = not address or _is_loopback(address)
         if loopback:
             # Ray turns a 127.0.0.1 node address into the machine's public one (and binds its
@@ -185,6 +237,7 @@ class RayExecutor:
 
         self.slots = max(1, slots)
         self.max_retries = max_retries
+        self.trial_fn = trial_fn
         self._started_here = False
         if not ray.is_initialized():
             if address:
@@ -212,21 +265,17 @@ class RayExecutor:
         self.num_gpus = (1 if gpus else 0) if num_gpus_per_trial is None else num_gpus_per_trial
         self._remote = ray.remote(_ray_trial)
 
-    def map(self, fn: Callable[[TrialRequest], list[TrialOutput]],
-            requests: list[TrialRequest]) -> list[list[TrialOutput]]:
+    def map(self, requests: list[TrialRequest], on_start: OnStart | None = None) -> list[list[TrialOutput]]:
         import ray
 
-        # The engine's wrapper closes over the driver (ledger, live view) and cannot travel to a
-        # worker: it exposes the bare trial function as `trial_fn` and its start hook as `announce`.
-        trial_fn = getattr(fn, "trial_fn", fn)
-        announce = getattr(fn, "announce", None)
+        # on_start closes over the driver (ledger, live view): it runs here, as each task is submitted.
         options = {"num_cpus": 1, "num_gpus": self.num_gpus, "max_retries": self.max_retries,
                    "retry_exceptions": False}
         refs = []
         for req in requests:
-            if announce is not None:
-                announce(req)
-            refs.append(self._remote.options(**options).remote(trial_fn, req))
+            if on_start is not None:
+                on_start(req)
+            refs.append(self._remote.options(**options).remote(self.trial_fn, req))
         outputs = []
         for req, ref in zip(requests, refs):
             try:

@@ -17,6 +17,10 @@ On both levels a throwaway cgroup (v1 or v2, ``sandbox.cgroups``) is used where 
 make one (root on Linux): an exact memory cap with OOM detection and a process-count cap that also
 lets us find and kill every process the command started, detached or not. Each result's notes say
 which mechanism really capped memory and processes.
+
+(About 700 lines on purpose: building the bubblewrap command, running it and reading back what
+the kernel did to it are one contract with the kernel, and a reviewer checking an escape needs the
+mounts, the namespaces, the limits and the kill path side by side.)
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ data and returns plain data: per seed, a status, the harness's validated reports
 logits bytes (size-capped), which the trusted scorer on the driver parses and scores. Nothing
 here reads labels of val/test. Whatever the sandbox returns is parsed defensively
 (sandbox.results); a malformed answer is that seed's failure, never an exception.
+(Just over 400 lines: the two phases and how each failure of either is named belong together.)
 """
 
 from __future__ import annotations

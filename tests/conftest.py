@@ -6,10 +6,10 @@ import json
 import os
 import shutil
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomlkit
 
 for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ[_var] = "1"
@@ -17,20 +17,17 @@ for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 AUTORESEARCH = str(Path(sys.executable).parent / "autoresearch")
+# The same command with canned trials (tests/fake_executor.py) instead of sandboxed training: for
+# tests of the CLI's and the engine's logic, not of trials.
+FAKE_AUTORESEARCH = [PYTHON, str(Path(__file__).resolve().parent / "fake_cli.py")]
 
 
 def write_spec(root: Path, **budget_overrides) -> None:
     """Rewrite a copied benchmark's spec.toml with other budget values (tests need short timeouts)."""
-    text = (root / "spec.toml").read_text()
-    data = tomllib.loads(text)
+    doc = tomlkit.parse((root / "spec.toml").read_text())
     for key, value in budget_overrides.items():
-        data["budget"][key] = value
-    lines = []
-    for key, value in data["budget"].items():
-        lines.append(f"{key} = {json.dumps(value)}")
-    start = text.index("[budget]")
-    end = text.index("[gate]")
-    (root / "spec.toml").write_text(text[:start] + "[budget]\n" + "\n".join(lines) + "\n\n" + text[end:])
+        doc["budget"][key] = value
+    (root / "spec.toml").write_text(tomlkit.dumps(doc))
 
 
 def copy_benchmark(dest: Path, name: str = "digits-mlp", **budget_overrides) -> Path:
@@ -39,6 +36,16 @@ def copy_benchmark(dest: Path, name: str = "digits-mlp", **budget_overrides) -> 
     if budget_overrides:
         write_spec(dest, **budget_overrides)
     return dest
+
+
+@pytest.fixture
+def fake_trials(monkeypatch):
+    """Every local executor in this process runs canned trials (tests/fake_executor.py)."""
+    from fake_executor import FakeExecutor
+
+    fake = FakeExecutor()
+    monkeypatch.setattr("autoresearch.sandbox.executors.run_trials", fake.run)
+    return fake
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 from rich.console import Console
 
-from autoresearch.engine import commit_message
+from autoresearch.recording import commit_message
 from autoresearch.escaping import commit_body, commit_subject, markdown_code, markdown_inline, one_line
 from autoresearch.live import LiveEvents, decisions_table
 

@@ -6,6 +6,10 @@ AUTORESEARCH_FAULT=<point>[:n] makes the run SIGKILL itself the n-th time it rea
 the ledger), commit (git commit and ref written, ledger not told), report (report written,
 proposal not marked finished). After resume, the run must hold the same finished proposals, trial
 results and git refs as an uninterrupted run, with nothing duplicated.
+
+What is checked here is the engine's bookkeeping, so the runs use canned trials (the same command
+with tests/fake_executor.py, whose trials take AUTORESEARCH_FAKE_TRIAL_SECONDS); two tests kill and
+starve runs whose trials train for real in the sandbox (a kill mid-training, a disk that fills).
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from pathlib import Path
 import git
 import pytest
 
-from conftest import AUTORESEARCH, copy_benchmark, proposal_line
+from conftest import AUTORESEARCH, FAKE_AUTORESEARCH, copy_benchmark, proposal_line
 
+# Each test starts and kills whole processes (a few seconds each, more on a busy machine).
 pytestmark = pytest.mark.slow
 
 # Three cheap proposals: two rejected at the gate's one look of 2 seeds (--seeds 2), one malformed
@@ -43,8 +48,12 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _run_cmd(bench: Path, proposals: Path, runs: Path) -> list[str]:
-    return [AUTORESEARCH, "run", "--benchmark", str(bench), "--proposals-file", str(proposals), "--seeds", "2",
+def _cli(real: bool) -> list[str]:
+    return [AUTORESEARCH] if real else FAKE_AUTORESEARCH
+
+
+def _run_cmd(bench: Path, proposals: Path, runs: Path, real: bool = False) -> list[str]:
+    return [*_cli(real), "run", "--benchmark", str(bench), "--proposals-file", str(proposals), "--seeds", "2",
             "--no-verify", "--runs-dir", str(runs)]
 
 
@@ -93,10 +102,9 @@ def setup(tmp_path_factory) -> dict:
     return {"root": root, "bench": bench, "proposals": proposals}
 
 
-@pytest.fixture(scope="module")
-def reference(setup) -> dict:
-    runs = setup["root"] / "reference"
-    proc = subprocess.run(_run_cmd(setup["bench"], setup["proposals"], runs), capture_output=True, text=True,
+def _reference(setup: dict, real: bool) -> dict:
+    runs = setup["root"] / ("real-reference" if real else "reference")
+    proc = subprocess.run(_run_cmd(setup["bench"], setup["proposals"], runs, real), capture_output=True, text=True,
                           env=_env(), timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     snap = snapshot(_only_run(runs))
@@ -105,22 +113,47 @@ def reference(setup) -> dict:
     return snap
 
 
-def _resume(run_dir: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([AUTORESEARCH, "resume", str(run_dir)], capture_output=True, text=True, env=_env(),
+@pytest.fixture(scope="module")
+def reference(setup) -> dict:
+    return _reference(setup, real=False)
+
+
+@pytest.fixture(scope="module")
+def real_reference(setup) -> dict:
+    return _reference(setup, real=True)
+
+
+def _resume(run_dir: Path, real: bool = False) -> subprocess.CompletedProcess:
+    return subprocess.run([*_cli(real), "resume", str(run_dir)], capture_output=True, text=True, env=_env(),
                           timeout=900)
+
+
+def _kill_then_resume(setup: dict, reference: dict, runs: Path, fault: str, real: bool) -> None:
+    # Canned trials take 3 s here: the `train` fault's timer (2 s) fires while one is "training".
+    proc = subprocess.run(_run_cmd(setup["bench"], setup["proposals"], runs, real), capture_output=True, text=True,
+                          env=_env(AUTORESEARCH_FAULT=fault, AUTORESEARCH_FAKE_TRIAL_SECONDS="3"
+                                   if fault.startswith("train") else "0"), timeout=900)
+    assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    run_dir = _only_run(runs)
+    if fault in ("train:3", "report:3"):  # killed in proposal 3: the summary of 1 and 2 is kept
+        assert "## Proposals" in (run_dir / "REPORT.md").read_text()
+        rows = (run_dir / "results.tsv").read_text().splitlines()
+        assert [r.split("\t")[0] for r in rows] == ["proposal", "1", "2"], rows
+    resumed = _resume(run_dir, real)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "Traceback" not in resumed.stderr
+    assert snapshot(run_dir) == reference
 
 
 @pytest.mark.parametrize("fault", ["train:3", "score:4", "commit:1", "report:3"])
 def test_kill_at_a_point_then_resume(setup, reference, tmp_path, fault):
-    runs = tmp_path / "runs"
-    proc = subprocess.run(_run_cmd(setup["bench"], setup["proposals"], runs), capture_output=True, text=True,
-                          env=_env(AUTORESEARCH_FAULT=fault), timeout=900)
-    assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
-    run_dir = _only_run(runs)
-    resumed = _resume(run_dir)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "Traceback" not in resumed.stderr
-    assert snapshot(run_dir) == reference
+    _kill_then_resume(setup, reference, tmp_path / "runs", fault, real=False)
+
+
+@pytest.mark.slow
+def test_kill_while_the_sandbox_trains_then_resume(setup, real_reference, tmp_path):
+    """kill -9 of a run 2 s into a real sandboxed trial: the resumed run equals an uninterrupted one."""
+    _kill_then_resume(setup, real_reference, tmp_path / "runs", "train:3", real=True)
 
 
 @pytest.mark.parametrize("fault", ["train:2:raise", "score:3:raise", "commit:1:raise", "report:3:raise"])
@@ -170,7 +203,7 @@ def test_plain_timed_kill_then_resume(setup, reference, tmp_path):
     """SIGKILL from outside, once the first trial is in the ledger (a moment nobody chose)."""
     runs = tmp_path / "runs"
     proc = subprocess.Popen(_run_cmd(setup["bench"], setup["proposals"], runs), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=_env())
+                            stderr=subprocess.DEVNULL, env=_env(AUTORESEARCH_FAKE_TRIAL_SECONDS="1"))
     try:
         _wait_for_first_trial(runs, proc)
         time.sleep(1.5)
@@ -207,12 +240,15 @@ def _umount(path: Path) -> None:
     subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
-def test_full_disk_mid_run_is_a_storage_error_and_resumes(setup, reference, tmp_path):
+@pytest.mark.slow
+def test_full_disk_mid_run_is_a_storage_error_and_resumes(setup, real_reference, tmp_path):
+    """The disk fills while real trials train: the sandbox's crash is not blamed on the candidate."""
     runs = tmp_path / "small"
+    reference = real_reference
     if not _mount_tmpfs(runs, "96m"):
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
-        proc = subprocess.Popen(_run_cmd(setup["bench"], setup["proposals"], runs), stdout=subprocess.PIPE,
+        proc = subprocess.Popen(_run_cmd(setup["bench"], setup["proposals"], runs, real=True), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, env=_env())
         filler = runs / "filler"
         _wait_for_first_trial(runs, proc)
@@ -234,7 +270,7 @@ def test_full_disk_mid_run_is_a_storage_error_and_resumes(setup, reference, tmp_
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert conn.execute("SELECT COUNT(*) FROM trials WHERE status != 'ok'").fetchone()[0] == 0
         conn.close()
-        resumed = _resume(run_dir)
+        resumed = _resume(run_dir, real=True)
         assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
         assert snapshot(run_dir) == reference
     finally:
@@ -294,5 +330,5 @@ def test_two_runs_at_once_do_not_interfere(setup, reference, tmp_path):
     assert len(dirs) == 2
     for d in dirs:
         assert snapshot(d) == reference
-        shown = subprocess.run([AUTORESEARCH, "show", str(d), "--json"], capture_output=True, text=True)
+        shown = subprocess.run([*FAKE_AUTORESEARCH, "show", str(d), "--json"], capture_output=True, text=True)
         assert json.loads(shown.stdout)["run_id"] == d.name

@@ -1,4 +1,4 @@
-"""Integrity rules (issue 9): what a change must not be able to buy its acceptance with.
+"""Integrity rules: what a change must not be able to buy its acceptance with.
 
 Unit tests of the trusted-side checks (autoresearch.integrity, autoresearch.seeding) and two
 end-to-end runs for the seed rules (the adversarial suite holds the other attacks: a bundled copy

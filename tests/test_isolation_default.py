@@ -40,11 +40,15 @@ def no_bubblewrap(mp: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="module")
 def none_run(tmp_path_factory, fast_bench) -> Path:
     """A finished run made with --isolation none on a machine without bubblewrap (baseline trained,
-    one invalid proposal: the cheapest run that still trains)."""
+    one invalid proposal: the cheapest run that still trains). Its trials are canned
+    (tests/fake_executor.py): what is checked is what the records say, not the trials."""
+    from fake_executor import FakeExecutor
+
     root = tmp_path_factory.mktemp("none-run")
     (root / "p.jsonl").write_text(INVALID)
     with pytest.MonkeyPatch.context() as mp:
         no_bubblewrap(mp)
+        mp.setattr("autoresearch.sandbox.executors.run_trials", FakeExecutor().run)
         code, out = cli("run", "--isolation", "none", "--benchmark", fast_bench, "--proposals-file", root / "p.jsonl",
                         "--seeds", 2, "--no-verify", "--runs-dir", root / "runs")
     assert code == 0, out

@@ -6,6 +6,7 @@ import git
 import pytest
 
 from autoresearch.ledger import MIGRATIONS, Ledger
+from autoresearch.outcomes import unified_diff
 from autoresearch.records import RunRepo, proposal_ref
 
 
@@ -65,4 +66,5 @@ def test_git_records_baseline_proposals_and_accepted_branch(tmp_path):
     g = git.Repo(tmp_path / "repo")
     assert g.commit(proposal_ref(2)).parents[0].hexsha == c1
     assert (tmp_path / "repo" / "a.py").read_text() == "x = 2\n"  # working tree follows `accepted`
-    assert "+x = 2" in repo.diff(base, c1)
+    diff = unified_diff(repo.files_at(base), repo.files_at(c1))
+    assert "diff --git a/a.py b/a.py" in diff and "+x = 2" in diff and "b.py" not in diff

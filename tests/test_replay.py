@@ -18,7 +18,7 @@ import pytest
 
 from autoresearch import replay as replay_mod
 from autoresearch.benchmark import load_benchmark
-from autoresearch.engine import commit_message
+from autoresearch.recording import commit_message
 from autoresearch.ledger import Ledger
 from autoresearch.records import RunRepo
 from autoresearch.replay import ReplayError, replay_run, verify_replay

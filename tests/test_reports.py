@@ -23,7 +23,7 @@ from autoresearch.scoring import Metric
 BIG = "x" * 1_000_000
 # What a candidate can leave in train_report.json, or a broken trial runner in a summary.
 HOSTILE_SUMMARIES = [
-    {"train_report": {"determinism": 5}},  # killed a run in report writing (issue 10)
+    {"train_report": {"determinism": 5}},  # once killed a run in report writing
     {"train_report": [1, 2]},
     {"train_report": BIG},
     {"train_report": {"device": {"a": 1}, "determinism": {"bit_reproducible": "no"}}},

@@ -25,7 +25,7 @@ from autoresearch.sandbox.isolation import Limits, Mount, bubblewrap_works, run_
 needs_bwrap = pytest.mark.skipif(not bubblewrap_works(), reason="bubblewrap is not usable on this machine")
 
 def packages_for(name: str) -> tuple[str, ...]:
-    """What a trial of the benchmark is given (engine._request): numpy, torch and the spec's [sandbox] packages."""
+    """What a trial of the benchmark is given (trial_cache.TrialCache._request): numpy, torch and the spec's [sandbox] packages."""
     return ("numpy", "torch", *load_benchmark(name).spec.sandbox.packages)
 
 

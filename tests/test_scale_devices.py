@@ -8,8 +8,7 @@ import time
 
 import pytest
 
-from autoresearch.engine import LocalExecutor
-from autoresearch.sandbox.executors import cuda_device_nodes, pin_request, run_on_slots, slot_devices
+from autoresearch.sandbox.executors import LocalExecutor, cuda_device_nodes, pin_request, run_on_slots, slot_devices
 from autoresearch.sandbox.isolation import Limits, Mount, build_command
 from autoresearch.sandbox.trial import TrialOutput, TrialRequest, TrialStatus
 from trial_fakes import make_request
@@ -77,13 +76,15 @@ def test_each_slot_holds_its_own_device():
     outs = run_on_slots(fn, [_request(seed=s, device="cuda") for s in range(8)], ["cuda:0", "cuda:1"])
     assert [o[0].seed for o in outs] == list(range(8))
     assert set(seen) == {"0", "1"}
-    outs = LocalExecutor(2, devices=["cuda:0", "cuda:1"]).map(fn, [_request(seed=s, device="cuda") for s in range(4)])
-    assert [o[0].seed for o in outs] == list(range(4))
+    started = []
+    outs = LocalExecutor(2, devices=["cuda:0", "cuda:1"], trial_fn=fn).map(
+        [_request(seed=s, device="cuda") for s in range(4)], on_start=lambda r: started.append(r.seeds[0]))
+    assert [o[0].seed for o in outs] == list(range(4)) and sorted(started) == list(range(4))
 
 
 def test_cpu_slots_pass_requests_through():
     reqs = [_request(seed=s) for s in range(3)]
-    got = LocalExecutor(2, devices=["cpu", "cpu"]).map(lambda r: r, reqs)
+    got = LocalExecutor(2, devices=["cpu", "cpu"], trial_fn=lambda r: r).map(reqs)
     assert got == reqs
 
 

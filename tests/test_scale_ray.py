@@ -47,7 +47,7 @@ records = run_proposal_lines(engine, [proposal])
 engine.finish()
 req = make_request(seeds=(7,), workspace="/nonexistent", harness="/nonexistent", work_dir=str(Path(runs) / "lost"),
                    isolation="none")
-lost = executor.map(dies, [req])[0]
+lost = RayExecutor(slots=2, max_retries=1, trial_fn=dies).map([req])[0]
 print("RESULT " + json.dumps({"decisions": [(r.decision, r.reason) for r in records],
                   "seeds": [t.seed for t in records[0].candidate_trials],
                   "statuses": [t.status for t in records[0].candidate_trials],
@@ -83,11 +83,11 @@ def echo(req):
     import os
     return [TrialOutput(seed=s, status=TrialStatus.OK, detail=f"pid {os.getpid()}", isolation="none") for s in req.seeds]
 
-executor = RayExecutor(address=sys.argv[1])
+executor = RayExecutor(address=sys.argv[1], trial_fn=echo)
 import ray
 assert ray.util.get_node_ip_address() == "127.0.0.1"
 req = make_request(seeds=(3,), isolation="none")
-out = executor.map(echo, [req])[0]
+out = executor.map([req])[0]
 print("RESULT " + json.dumps([out[0].status.value, out[0].seed, out[0].detail]), flush=True)
 '''
 

@@ -6,26 +6,27 @@ import pytest
 
 from autoresearch.tamper import Tampered, check_change, findings
 
+# Each source and the rule that must catch it (a needle of that rule's finding, with its line).
 FLAGGED = [
-    "import torch\ntorch.manual_seed(0)\n",
-    "import torch\ntorch.cuda.manual_seed_all(0)\n",
-    "import numpy as np\nnp.random.seed(0)\n",
-    "import random\nrandom.seed(0)\n",
-    "import random\nrandom.setstate(s)\n",
-    "import torch\ntorch.set_rng_state(s)\n",
-    "import torch\ntorch.set_num_threads(16)\n",
-    "import time\ntime.perf_counter = lambda: 0.0\n",
-    "import time\ntime.time, x = (lambda: 0), 1\n",
-    "import torch\ntorch.initial_seed = lambda: 1\n",
-    "import torch\ndel torch.isfinite\n",
-    "import torch\nsetattr(torch, 'isfinite', None)\n",
-    "import sys\nsys.modules['__main__'].EXIT_TAMPERED = 0\n",
-    "import os\nos.environ['OMP_NUM_THREADS'] = '8'\n",
-    "import __main__\n",
-    "import ctypes\n",
-    "from socket import socket\n",
-    "from torch import manual_seed\n",
-    "__import__('socket')\n",
+    ("import torch\ntorch.manual_seed(0)\n", "train.py:2: reseeds a global random generator (torch.manual_seed)"),
+    ("import torch\ntorch.cuda.manual_seed_all(0)\n", "reseeds a global random generator (torch.cuda.manual_seed_all)"),
+    ("import numpy as np\nnp.random.seed(0)\n", "reseeds a global random generator (np.random.seed)"),
+    ("import random\nrandom.seed(0)\n", "reseeds a global random generator (random.seed)"),
+    ("import random\nrandom.setstate(s)\n", "reseeds a global random generator (random.setstate)"),
+    ("import torch\ntorch.set_rng_state(s)\n", "reseeds a global random generator (torch.set_rng_state)"),
+    ("import torch\ntorch.set_num_threads(16)\n", "torch.set_num_threads() changes the CPU thread budget"),
+    ("import time\ntime.perf_counter = lambda: 0.0\n", "assigns time.perf_counter, patching a module"),
+    ("import time\ntime.time, x = (lambda: 0), 1\n", "assigns time.time, patching a module"),
+    ("import torch\ntorch.initial_seed = lambda: 1\n", "assigns torch.initial_seed, patching a module"),
+    ("import torch\ndel torch.isfinite\n", "assigns torch.isfinite, patching a module"),
+    ("import torch\nsetattr(torch, 'isfinite', None)\n", "setattr() on module torch patches"),
+    ("import sys\nsys.modules['__main__'].EXIT_TAMPERED = 0\n", "reaches into sys.modules"),
+    ("import os\nos.environ['OMP_NUM_THREADS'] = '8'\n", "rewrites os.environ[...]"),
+    ("import __main__\n", "train.py:1: imports __main__, which only serves"),
+    ("import ctypes\n", "imports ctypes, which only serves"),
+    ("from socket import socket\n", "imports socket, which only serves"),
+    ("from torch import manual_seed\n", "imports torch.manual_seed"),
+    ("__import__('socket')\n", "train.py:1: imports socket"),
 ]
 CLEAN = [
     "import torch\ng = torch.Generator().manual_seed(3)\n",
@@ -39,9 +40,10 @@ CLEAN = [
 ]
 
 
-@pytest.mark.parametrize("source", FLAGGED)
-def test_flagged(source):
-    assert findings("train.py", source), source
+@pytest.mark.parametrize("source,rule", FLAGGED)
+def test_flagged(source, rule):
+    found = findings("train.py", source)
+    assert any(rule in line for line in found), (source, found)
 
 
 @pytest.mark.parametrize("source", CLEAN)

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 CANARY = "PW" + "NED"  # never written literally anywhere in the suite's inputs
 RUN_DIR_ENTRIES = {"config.json", "ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm", "repo", "reports", "data",
-                   "work", "trials", "REPORT.md", "proposals.jsonl"}
+                   "work", "trials", "REPORT.md", "results.tsv", "proposals.jsonl"}
 SCRATCH = {"work", "trials"}
 
 

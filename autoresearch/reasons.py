@@ -1,0 +1,48 @@
+"""Why a proposal ended as it did: one reason code per decision, named once.
+
+Every record (ledger row, report, commit trailer, `show --json`) carries one of these codes. The
+engine, the tamper check, the agent and the reports use the enum, never a string copied around; a
+``Reason`` is a ``str``, so rows written as plain text compare equal to it.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    ACCEPTED = "accepted"
+    NOT_BETTER = "not_better"  # the gate found no improvement it could stand behind
+    # Nothing could be applied: no commit tree of its own.
+    INVALID_PROPOSAL = "invalid_proposal"
+    NOT_EDITABLE = "not_editable"
+    APPLY_FAILED = "apply_failed"
+    # The agent's own checks before any trial (applied and recorded with its diff, never trained).
+    STATIC_CHECK = "static_check"
+    SMOKE_FAILED = "smoke_failed"
+    DUPLICATE = "duplicate"
+    # A trial's status (sandbox.trial.TrialStatus) other than ok.
+    CRASH = "crash"
+    TIMEOUT = "timeout"
+    OOM = "oom"
+    NONFINITE = "nonfinite"
+    TAMPERED = "tampered"
+    OVER_BUDGET = "over_budget"
+    TRANSDUCTIVE = "transductive"
+    # Integrity checks no statistic can make.
+    SEED_IGNORED = "seed_ignored"
+    MEMORISED = "memorised"
+    DATA_MISMATCH = "data_mismatch"
+
+
+# Reasons a proposal ends with before any code of it could be applied (no commit tree of its own).
+NOT_APPLIED = frozenset({Reason.INVALID_PROPOSAL, Reason.NOT_EDITABLE, Reason.APPLY_FAILED})
+
+
+class ProposalRejected(ValueError):
+    """A proposal that cannot be trained; ``reason`` is the record's reason code."""
+
+    reason: Reason = Reason.INVALID_PROPOSAL
+
+    def __init__(self, message: str):
+        super().__init__(message)
