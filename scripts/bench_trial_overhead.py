@@ -55,11 +55,18 @@ for seed in seeds:
 """
 
 
+def trial_config(engine: RunEngine) -> dict:
+    """The trial config (epochs, batch, threads, device): on the engine's trial cache since the
+    engine split, on the engine itself before (``--against`` an older ref)."""
+    cache = getattr(engine, "trials", None)
+    return cache.trial_config() if cache is not None else engine._trial_config()
+
+
 def bare_run(repo: Path, engine: RunEngine) -> float:
     """One plain process: import torch once, then every gate seed trained and predicted in it."""
     t = time.perf_counter()
     subprocess.run([sys.executable, "-c", BARE, str(repo), str(engine.data.train_dir), str(engine.data.predict_dir),
-                    json.dumps(engine._trial_config()), json.dumps(engine.gate_seeds)], check=True)
+                    json.dumps(trial_config(engine)), json.dumps(engine.gate_seeds)], check=True)
     return time.perf_counter() - t
 
 
