@@ -79,6 +79,10 @@ class Proposal:
     title: str
     hypothesis: str
     edits: tuple[Edit, ...] = field(default_factory=tuple)
+    # The agent's own verdict before any trial (a static check or smoke run that still fails after
+    # its repair rounds, a repeat of an earlier change): the engine records the change with this
+    # reason and its diff, and never trains it.
+    precheck: "ProposalRejected | None" = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict:
         return {"title": self.title, "hypothesis": self.hypothesis, "edits": [asdict(e) for e in self.edits]}

@@ -63,7 +63,7 @@ def fault(point: str, delay: float = 0.0) -> None:
 
 _FAULT_HITS: dict[str, int] = {}
 
-REASONS = ("invalid_proposal", "not_editable", "apply_failed", "crash", "timeout", "oom", "nonfinite", "tampered",
+REASONS = ("invalid_proposal", "not_editable", "apply_failed", "static_check", "smoke_failed", "duplicate", "crash", "timeout", "oom", "nonfinite", "tampered",
            "over_budget", "transductive", "seed_ignored", "memorised", "data_mismatch", "not_better", "accepted")
 
 
@@ -540,6 +540,8 @@ class RunEngine:
                     new_files = apply_proposal(incumbent_files, parsed, self.bench.spec.editable)
                     record.diff = unified_diff(incumbent_files, new_files)
                     check_change(incumbent_files, new_files)  # static tamper check: ends `tampered`
+                    if parsed.precheck is not None:  # the agent's checks found it cannot run: never trained
+                        raise parsed.precheck
                     self._gate(record, incumbent_files, new_files)
                 except ProposalRejected as exc:
                     record.reason, record.detail = exc.reason, str(exc)
