@@ -21,7 +21,7 @@ from autoresearch.agent.checks import SmokeFailed, check_name, check_reply, fina
 from autoresearch.agent.llm import LLMSession
 from autoresearch.agent.prompts import build_messages, example_proposal, prompt_hash, repair_message
 from autoresearch.agent.proposal import (EditFormat, Proposal, ProposalRejected, choose_edit_format,
-                                         is_editable)
+                                         is_editable, whole_file_grammar)
 from autoresearch.agent_port import AgentPort, PastProposal, Round
 
 
@@ -180,8 +180,12 @@ def pick_edit_format(port: AgentPort, client) -> EditFormat:
                              port.settings.edit_format)
     client.edit_format = fmt
     if fmt == "whole-file":
-        longest = max((len(t) for p, t in files.items() if is_editable(p, list(port.task.editable))), default=0)
-        # ~3 characters per token of code, and the JSON escapes and the title around it.
+        editable = [p for p in files if is_editable(p, list(port.task.editable))]
+        # The fenced file's grammar names the editable files (any path where they are globs).
+        globbed = any(ch in pattern for pattern in port.task.editable for ch in "*?[")
+        client.grammar = whole_file_grammar([] if globbed else sorted(set(editable) | set(port.task.editable)))
+        longest = max((len(files[p]) for p in editable), default=0)
+        # ~3 characters per token of code, and the title and hypothesis around it.
         client.max_tokens = max(getattr(client, "max_tokens", 0) or 0, longest // 3 + 400)
     return fmt
 

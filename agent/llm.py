@@ -1,10 +1,12 @@
 """One OpenAI-compatible chat client for every backend (OpenAI, vLLM, Ollama, LM Studio, llama.cpp).
 
-It asks for output constrained to the JSON schema of the edit format in use: llama.cpp's server
-takes ``{"type": "json_object", "schema": ...}`` (and turns it into a grammar) and rejects
-``json_schema``; OpenAI-style endpoints take ``{"type": "json_schema", ...}``. A local endpoint is
-tried in that order, a remote one the other way round, and a server that rejects both gets plain
-prompting (the parser also reads fenced JSON and SEARCH/REPLACE blocks). Transient failures (timeouts, connection errors, 5xx, 429) are retried a
+It asks for output constrained to the edit format in use where the endpoint can do it. A
+search-replace reply is one JSON object: llama.cpp's server takes ``{"type": "json_object",
+"schema": ...}`` (and turns it into a grammar) and rejects ``json_schema``; OpenAI-style endpoints
+take ``{"type": "json_schema", ...}``. A local endpoint is tried in that order, a remote one the
+other way round. A whole-file reply is a fenced file, constrained by a GBNF ``grammar`` (a llama.cpp
+extension, so local endpoints only). A server that rejects a constraint gets plain prompting
+(the parser also reads fenced JSON, SEARCH/REPLACE blocks and fenced files). Transient failures (timeouts, connection errors, 5xx, 429) are retried a
 bounded number of times with exponential backoff. Every attempt, failed or not, is handed to a
 ``log`` callback (the loop writes it to the run's ledger): messages, reply, model, tokens,
 latency, estimated cost.
@@ -86,6 +88,9 @@ class LLMClient:
         self.backoff_seconds = backoff_seconds
         self.max_tokens = max_tokens
         self.temperature = temperature
+        # A whole-file reply's GBNF grammar (set with the edit format), sent while the server takes it.
+        self.grammar: str | None = None
+        self.use_grammar = json_mode and is_local(self.base_url)
         # The response_format shapes still to try, best first; empty: plain prompting.
         self.response_modes: list[str] = (["json_object", "json_schema"] if is_local(self.base_url)
                                           else ["json_schema", "json_object"]) if json_mode else []
@@ -140,18 +145,27 @@ class LLMClient:
             attempt += 1
             kwargs: dict = {"model": self.model, "messages": messages, "max_tokens": self.max_tokens,
                             "temperature": self.temperature}
-            response_format = self.response_format()
-            if response_format is not None:
-                kwargs["response_format"] = response_format
+            response_format = grammar = None
+            if self.edit_format == "whole-file":
+                grammar = self.grammar if self.use_grammar else None
+                if grammar:
+                    kwargs["extra_body"] = {"grammar": grammar}
+            else:
+                response_format = self.response_format()
+                if response_format is not None:
+                    kwargs["response_format"] = response_format
             started = time.monotonic()
             try:
                 resp = self._client.chat.completions.create(**kwargs)
             except openai.BadRequestError as exc:
                 latency = time.monotonic() - started
                 self._log(log, messages, None, f"HTTP 400: {_short(exc)}", None, None, latency)
-                if response_format is not None and not _is_context_error(exc):
-                    # The server does not take this shape: the next one (or plain prompting) from now on.
-                    self.response_modes.pop(0)
+                if (response_format is not None or grammar) and not _is_context_error(exc):
+                    # The server does not take this constraint: the next one (or plain prompting) from now on.
+                    if grammar:
+                        self.use_grammar = False
+                    else:
+                        self.response_modes.pop(0)
                     attempt -= 1
                     continue
                 raise LLMUnavailable(f"the LLM endpoint {self.base_url} rejected the request: {_short(exc)}") from None

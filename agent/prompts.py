@@ -22,8 +22,8 @@ PROMPT_FILES = ("system.md", "format-whole-file.md", "format-search-replace.md",
 # 1k tokens; the 1.5B default has an 8k context); past it, older rejected ones shrink to a token.
 HISTORY_CHARS = 4000
 LINE_CHARS = 240
-FORMAT_LINE = {"whole-file": '{"title", "hypothesis", "file": {"path", "content"}} with the COMPLETE new content '
-                             'of the one file you change',
+FORMAT_LINE = {"whole-file": "Title, Hypothesis, File, then the COMPLETE new content of that one file in a "
+                             "```python block",
                "search-replace": '{"title", "hypothesis", "edits": [{"path", "search", "replace"}]}; every "search" '
                                  'is copied exactly from the current file and occurs there once'}
 

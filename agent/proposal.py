@@ -222,6 +222,23 @@ def proposal_schema(edit_format: EditFormat) -> dict:
     return {"search-replace": PROPOSAL_SCHEMA, "whole-file": WHOLE_FILE_SCHEMA}[edit_format]
 
 
+def whole_file_grammar(paths: list[str]) -> str:
+    """A GBNF grammar (llama.cpp's ``grammar`` request field) for a whole-file reply in its fenced
+    form: 'Title: ...', 'Hypothesis: ...', 'File: <one of paths>', then the file in a ```python
+    fence. Code inside a JSON string must escape every quote and newline, which small models get
+    wrong; in a fence it is written as it is. An empty ``paths`` (editable globs) allows any path."""
+    def literal(text: str) -> str:
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    path_rule = " | ".join(literal(p) for p in sorted(paths)) if paths else "[^\\n`]+"
+    return "\n".join([
+        'root ::= "Title: " line "\\n" "Hypothesis: " line "\\n" "File: " path "\\n" "```python\\n" code "\\n```"',
+        "line ::= [^\\n]+",
+        f"path ::= {path_rule}",
+        'code ::= ( [^`] | "`" [^`] | "``" [^`] )*',
+    ]) + "\n"
+
+
 def _where(loc: tuple) -> str:
     """'title', edit 2: path, file.content: where in the reply an error is, in the reply's terms."""
     if len(loc) >= 2 and loc[0] == "edits" and isinstance(loc[1], int):

@@ -146,7 +146,8 @@ ADAM_OPTIM = DIGITS_FILES["optim.py"].replace("torch.optim.SGD(params, lr=0.01)"
 
 
 def whole_file(content: str, title: str = "Adam optimizer", path: str = "optim.py") -> str:
-    return json.dumps({"title": title, "hypothesis": "adaptive steps", "file": {"path": path, "content": content}})
+    """A whole-file reply in the fenced form the prompt (and the grammar) asks for."""
+    return f"Title: {title}\nHypothesis: adaptive steps\nFile: {path}\n```python\n{content.rstrip()}\n```"
 
 
 class FakeSmoke:

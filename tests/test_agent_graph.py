@@ -42,8 +42,10 @@ def test_small_model_gets_the_whole_file_format_and_its_prompt():
     assert summary["edit_format"] == "whole-file" and llm.edit_format == "whole-file"
     assert llm.max_tokens >= len(DIGITS_FILES["optim.py"]) // 3 + 400
     system, user = llm.calls[0][0]["content"], llm.calls[0][1]["content"]
-    assert '"file": {"path": "...", "content": "..."}' in system and '"edits"' not in system
-    assert "COMPLETE new content" in user and "Example of the format" not in user
+    assert "Title: <a short name of the change>\nHypothesis: <one sentence>\nFile: <the path" in system
+    assert '"edits"' not in system and "COMPLETE new content" in user and "Example of the format" not in user
+    # Constrained decoding: a grammar for the fenced file, naming exactly the editable files.
+    assert 'path ::= "model.py" | "optim.py"\n' in llm.grammar and '"```python\\n" code' in llm.grammar
     # The idea leads, and each editable file is listed with what it is for (its docstring).
     assert user.startswith("# Research idea\nadaptive LR optimizer")
     assert "- optim.py: The optimizer. Editable: proposals may change the update rule" in user
@@ -123,7 +125,7 @@ def test_bad_input_never_kills_the_run():
     port = FakePort(proposals=4, repair_rounds=0, smoke=[FakeSmoke(False, "crash", TRACEBACK)])
     not_there = json.dumps({"title": "x", "hypothesis": "", "edits": [
         {"path": "optim.py", "search": "not in the file", "replace": "y"}]})
-    summary, _ = run(port, [MALFORMED_REPLY, not_there, whole_file("x = 1\n", path="../harness/run.py"),
+    summary, _ = run(port, [MALFORMED_REPLY, not_there, whole_file("x = 1\n", path="harness.py"),
                             whole_file(MOMENTUM_OPTIM)])
     assert reasons(port) == ["invalid_proposal", "apply_failed", "not_editable", "smoke_failed"]
     assert summary["proposals"] == 4 and "budget reached" in summary["stop"]

@@ -59,16 +59,19 @@ def test_valid_reply_json_mode_and_logging():
     assert json.loads(calls[0]["messages_json"]) == MESSAGES and calls[0]["model"] == "scripted-model"
 
 
-def test_whole_file_format_sends_its_own_schema():
-    """The edit format is chosen after check() has named the model, so it is read at each call."""
-    whole = json.dumps({"title": "Adam", "hypothesis": "h", "file": {"path": "optim.py", "content": "x = 1\n"}})
+def test_whole_file_format_sends_its_own_constraint():
+    """The edit format is chosen after check() has named the model, so it is read at each call:
+    search-replace asks for its JSON schema, whole-file for its grammar (and no JSON mode, which
+    would contradict the fenced file the prompt asks for)."""
+    whole = "Title: Adam\nHypothesis: h\nFile: optim.py\n```python\nx = 1\n```"
     with ScriptedServer([ADAM_REPLY, whole]) as server:
         client = _client(server)
         client.complete(MESSAGES)
-        client.edit_format = "whole-file"
+        client.edit_format, client.grammar = "whole-file", "root ::= \"x\"\n"
         client.complete(MESSAGES)
-    first, second = (body["response_format"]["schema"] for body in server.requests)
-    assert first == PROPOSAL_SCHEMA and second == WHOLE_FILE_SCHEMA
+    first, second = server.requests
+    assert first["response_format"]["schema"] == PROPOSAL_SCHEMA and "grammar" not in first
+    assert second["grammar"] == client.grammar and "response_format" not in second
 
 
 def test_500_is_retried_with_backoff_then_succeeds():
@@ -109,6 +112,19 @@ def test_server_rejecting_response_format_gets_plain_prompting():
     assert kinds == ["json_object", "json_schema", None, None]
     assert server.requests[1]["response_format"]["json_schema"]["schema"] == PROPOSAL_SCHEMA
     assert "400" in calls[0]["error"] and "400" in calls[1]["error"] and len(calls) == 4
+
+
+def test_whole_file_grammar_is_sent_to_local_servers_and_dropped_when_refused():
+    from autoresearch.agent.proposal import whole_file_grammar
+
+    reply = "Title: Adam\nHypothesis: h\nFile: optim.py\n```python\nx = 1\n```"
+    with ScriptedServer([("status", 400), reply, reply]) as server:
+        client = _client(server)
+        client.edit_format, client.grammar = "whole-file", whole_file_grammar(["optim.py"])
+        assert client.complete(MESSAGES).text == reply and client.complete(MESSAGES).text == reply
+    first, second, third = server.requests
+    assert first["grammar"] == client.grammar and "response_format" not in first
+    assert "grammar" not in second and "grammar" not in third  # refused once: plain prompting from then on
 
 
 def test_remote_endpoints_are_asked_for_json_schema_first():
@@ -228,7 +244,7 @@ UNDEFINED_OPTIM = ADAM_OPTIM.replace("torch.optim.Adam(params", "torch.optim.Ada
 
 
 def _whole(content: str, title: str) -> str:
-    return json.dumps({"title": title, "hypothesis": "h", "file": {"path": "optim.py", "content": content}})
+    return f"Title: {title}\nHypothesis: h\nFile: optim.py\n```python\n{content}```"
 
 
 @pytest.mark.slow
@@ -244,7 +260,9 @@ def test_whole_file_run_repairs_a_smoke_crash_and_never_trains_a_static_failure(
                         "--runs-dir", runs)
         requests = server.requests
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert len(requests) == 5 and all(r["response_format"]["schema"] == WHOLE_FILE_SCHEMA for r in requests)
+    # A local endpoint: each request carries the fenced file's grammar (llama.cpp's extension), no JSON mode.
+    assert len(requests) == 5 and all('path ::= "model.py" | "optim.py" | "train.py"' in r["grammar"]
+                                      and "response_format" not in r for r in requests)
     repair = requests[1]["messages"][-1]["content"]
     assert "short test run" in repair and "mat1 and mat2 shapes" in repair
     assert "undefined name" in requests[3]["messages"][-1]["content"]
