@@ -106,7 +106,9 @@ def build_graph(ctx: AgentContext):
     def failed(state: AgentState, exc: ProposalRejected, smoke_seconds: float = 0.0) -> AgentState:
         """A check failed: a repair round while rounds are left, else the verdict to record."""
         name = check_name(exc)
-        port.note_round(Round(idx=state["idx"], attempt=state["attempt"], check=name, error=str(exc)[:500],
+        text = str(exc)
+        text = text if len(text) <= 600 else text[:200] + " … " + text[-400:]  # a traceback ends with its cause
+        port.note_round(Round(idx=state["idx"], attempt=state["attempt"], check=name, error=text,
                               edit_format=ctx.edit_format, smoke_seconds=smoke_seconds))
         if state["attempt"] <= settings.repair_rounds:
             ctx.rounds += 1

@@ -4,10 +4,13 @@ benchmark's editable set.
 A model may reply in one of two edit formats:
 - search-replace: ``{"title", "hypothesis", "edits": [{"path", "search", "replace"}]}`` (also as
   aider-style ``<<<<<<< SEARCH`` / ``=======`` / ``>>>>>>> REPLACE`` blocks);
-- whole-file: ``{"title", "hypothesis", "file": {"path", "content"}}``, the complete new content of
-  ONE editable file (also as the file's path on a line, then a ```python fence), which small models
-  write far more reliably than exact search text. It becomes one edit with an empty search, which
-  replaces the whole file, so the engine applies both formats the same way.
+- whole-file: the complete new content of ONE editable file, which small models write far more
+  reliably than exact search text. The agent asks for it fenced ('Title: ...', 'Hypothesis: ...',
+  'File: optim.py', then a ```python block; ``whole_file_grammar`` constrains a llama.cpp server to
+  that form), because code inside a JSON string needs escapes a 1.5B model gets wrong; the JSON
+  shape ``{"title", "hypothesis", "file": {"path", "content"}}`` is accepted too. It becomes one
+  edit with an empty search, which replaces the whole file, so the engine applies both formats
+  the same way.
 
 The pydantic models below are the one declared shape of a reply: they give the JSON schema for
 constrained decoding, the validation and the parsing. ``Proposal`` and ``Edit`` are the plain

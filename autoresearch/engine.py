@@ -339,8 +339,10 @@ class RunEngine:
         return pin_request(req, self.device) if self.device.startswith("cuda") else req
 
     def smoke(self, files: dict[str, str]) -> "SmokeResult":
-        """Train a code version for one epoch on a slice of the train split and predict a few inputs,
-        in the sandbox, on one seed of its own (AIDE's debug step): a traceback, a NaN, a timeout or
+        """Train a code version on a slice of the train split and predict a few inputs, in the
+        sandbox, on one seed of its own (AIDE's debug step). It trains for the run's own epoch budget
+        (code that derives a schedule from `epochs` must see the real value: T_max = epochs - 1 is 0
+        at one epoch), which on the slice is a few steps: a traceback, a NaN, a timeout or
         malformed predictions show in seconds, before any gate trial is spent. Recorded nowhere:
         the agent hands the error back to the model for a repair."""
         b = self.bench.spec.budget
@@ -348,7 +350,7 @@ class RunEngine:
         n_train = int(np.load(smoke_dir / "train" / "train_y.npy", mmap_mode="r").shape[0])
         n_pred = int(np.load(smoke_dir / "predict" / "inputs.npy", mmap_mode="r").shape[0])
         full = self._budget()
-        budget = Budget(train_examples=int(n_train * (1 + self.bench.spec.integrity.budget_tolerance)) + 1,
+        budget = Budget(train_examples=int(b.epochs * n_train * (1 + self.bench.spec.integrity.budget_tolerance)) + 1,
                         other_examples=n_train + 64, predict_examples=2 * n_pred + 64,
                         checkpoint_bytes=full.checkpoint_bytes, prediction_bytes=full.prediction_bytes)
         seed = draw_seeds(self.secret, "smoke", 1)[0]
@@ -357,7 +359,7 @@ class RunEngine:
             workspace=str(ws), harness=str(self.bench.harness_dir), train_data=str(smoke_dir / "train"),
             predict_data=str(smoke_dir / "predict"), work_dir=str(self.run_dir / "trials" / ("smoke-" + ws.name)),
             seeds=(seed,), keys=(trial_key(self.secret, seed),), sketch_key=derived_key(self.secret, "sketch"),
-            config=self._trial_config() | {"epochs": 1}, predict={"batch": 32, "check_rows": [0, 1], "check_batch": 1},
+            config=self._trial_config(), predict={"batch": 32, "check_rows": [0, 1], "check_batch": 1},
             budget=budget, train_seconds=b.train_seconds, predict_seconds=b.predict_seconds,
             grace_seconds=b.grace_seconds, memory_bytes=b.memory_mb * 1024**2, max_processes=b.max_processes,
             isolation=self.isolation, packages=("numpy", "torch", *self.bench.spec.sandbox.packages),
