@@ -102,7 +102,11 @@ def fresh_run(args) -> tuple[Path, float]:
     cmd += ["--no-verify"] if args.no_verify else []
     cmd += ["--edit-format", args.edit_format] if args.edit_format else []
     env = {k: v for k, v in os.environ.items() if k not in ("AUTORESEARCH_LLM_BASE_URL", "OPENAI_BASE_URL")}
+    started = time.monotonic()
     server = start_server(args.server_python) if args.server_python else None
+    if server is not None:  # the embedded model's start-up, which `autoresearch run` does itself
+        print(f"llama.cpp server started in {time.monotonic() - started:.0f}s (not in the command's time below)",
+              flush=True)
     try:
         url = args.llm_base_url or (server.base_url if server else None)
         if url:

@@ -182,3 +182,23 @@ def test_a_reply_that_cannot_run_is_recorded_with_its_diff_and_never_trained(tin
         check_reply(ADAM_REPLY, port.incumbent(), port.task.editable, port.history(), change_hash=port.change_hash)
     assert [p.reason for p in port.history()] == ["static_check", "smoke_failed"]
     assert port.history()[1].changes[0] == "optim.py: torch.optim.SGD -> torch.optim.Adam"
+    # The run summary flags the title that names a schedule the diff does not touch.
+    engine.finish()
+    summary = (engine.run_dir / "REPORT.md").read_text()
+    assert "Adam with warm-up **unsupported: the title names" in summary and "a learning-rate schedule" in summary
+
+
+@pytest.mark.slow
+def test_smoke_run_sees_the_real_epoch_budget_and_reports_a_crash(tmp_path):
+    """The smoke run trains on its slice for the run's epochs: a schedule built from `epochs` works
+    there as in the gate (T_max = epochs - 1 is 0 at one epoch); a crash comes back with its cause."""
+    engine = make_engine(copy_benchmark(tmp_path / "three-epochs", epochs=3), tmp_path / "runs")
+    _, files = engine.incumbent
+    cosine = files["optim.py"].replace(
+        "scheduler = None", "scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs - 1)")
+    assert cosine != files["optim.py"]
+    assert engine.smoke({**files, "optim.py": cosine}).ok
+    crashing = files["optim.py"].replace("return optimizer, scheduler", "return optimizer, scheduler / 0")
+    result = engine.smoke({**files, "optim.py": crashing})
+    assert not result.ok and result.status == "crash" and "TypeError" in result.error
+    assert engine.ledger.trials(engine.run_id) == []  # recorded nowhere
