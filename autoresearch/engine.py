@@ -64,7 +64,8 @@ def fault(point: str, delay: float = 0.0) -> None:
 _FAULT_HITS: dict[str, int] = {}
 
 REASONS = ("invalid_proposal", "not_editable", "apply_failed", "static_check", "smoke_failed", "duplicate", "crash",
-           "timeout", "oom", "nonfinite", "tampered", "over_budget", "transductive", "seed_ignored", "memorised", "data_mismatch", "not_better", "accepted")
+           "timeout", "oom", "nonfinite", "tampered", "over_budget", "transductive", "seed_ignored", "memorised",
+           "data_mismatch", "not_better", "accepted")
 
 
 class Executor(Protocol):
