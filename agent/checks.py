@@ -69,6 +69,12 @@ def undefined_names(source: str, path: str) -> list[str]:
     return found
 
 
+# The import a commonly used module name needs (said in the repair message).
+IMPORTS = {"math": "import math", "torch": "import torch", "nn": "import torch.nn as nn",
+           "F": "import torch.nn.functional as F", "np": "import numpy as np", "optim": "import torch.optim as optim",
+           "lr_scheduler": "from torch.optim import lr_scheduler", "random": "import random"}
+
+
 def _top_level_functions(source: str) -> set[str]:
     try:
         tree = ast.parse(source)
@@ -91,8 +97,11 @@ def static_problem(old: dict[str, str], new: dict[str, str]) -> str | None:
             return f"{path} would not compile: {exc}"
         undefined = undefined_names(text, path)
         if undefined:
-            return (f"{path} uses undefined name(s): {'; '.join(undefined[:5])}. Keep every name the replaced "
-                    "code defined (e.g. still assign the variable you changed) or import it.")
+            imports = sorted({IMPORTS[n.split("'")[1]] for n in undefined if n.split("'")[1] in IMPORTS})
+            return (f"{path} uses undefined name(s): {'; '.join(undefined[:5])}. "
+                    + (f"Add at the top of {path}: {'; '.join(imports)}. " if imports else "")
+                    + "Keep every name the replaced code defined (e.g. still assign the variable you changed) "
+                    "or import it.")
         removed = sorted(_top_level_functions(old.get(path, "")) - _top_level_functions(text))
         if removed:
             return (f"{path} no longer defines {', '.join(removed)}, which the harness or other files call; "

@@ -16,3 +16,12 @@ def test_clean_module_has_no_undefined_names():
     src = ("import torch\n\ndef build_optimizer(params, *, steps_per_epoch, epochs):\n"
            "    optimizer = torch.optim.Adam(params, lr=1e-3)\n    return optimizer, None\n")
     assert undefined_names(src, "optim.py") == []
+
+
+def test_a_missing_module_import_is_named_in_the_repair_message():
+    from autoresearch.agent.checks import static_problem
+
+    old = {"optim.py": "import torch\n\ndef f():\n    return torch.zeros(1)\n"}
+    new = {"optim.py": "import torch\n\ndef f():\n    return torch.zeros(1) * math.pi\n"}
+    problem = static_problem(old, new)
+    assert "'math' (line 4)" in problem and "Add at the top of optim.py: import math." in problem
