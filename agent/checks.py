@@ -13,8 +13,8 @@ import ast
 import io
 from typing import Callable
 
-from autoresearch.agent.proposal import (ApplyFailed, InvalidProposal, NotEditable, Proposal, ProposalRejected,
-                                         apply_proposal, parse_reply)
+from autoresearch.agent.proposal import (ApplyFailed, Edit, InvalidProposal, NotEditable, Proposal,
+                                         ProposalRejected, apply_proposal, parse_reply)
 from autoresearch.agent_port import PastProposal
 
 
@@ -75,6 +75,43 @@ IMPORTS = {"math": "import math", "torch": "import torch", "nn": "import torch.n
            "lr_scheduler": "from torch.optim import lr_scheduler", "random": "import random"}
 
 
+def add_missing_imports(proposal: Proposal) -> Proposal:
+    """A whole file that uses a common module (math, torch, nn, ...) without importing it gets the
+    import line at its top: the one mechanical repair the agent makes itself (the 1.5B model drops
+    `import math` and does not put it back when told). Deterministic from the reply, so a resume
+    makes the same change; the diff and its description show the import like any other line."""
+    edits = []
+    for edit in proposal.edits:
+        if edit.search == "" and edit.path.endswith(".py"):
+            try:
+                names = [n.split("'")[1] for n in undefined_names(edit.replace, edit.path)]
+            except SyntaxError:
+                names = []
+            missing = sorted({IMPORTS[n] for n in names if n in IMPORTS})
+            if missing and len(missing) == len({n for n in names}):  # only then: nothing else is undefined
+                edit = Edit(path=edit.path, search="", replace=_insert_imports(edit.replace, missing))
+        edits.append(edit)
+    return proposal if tuple(edits) == proposal.edits else \
+        Proposal(title=proposal.title, hypothesis=proposal.hypothesis, edits=tuple(edits))
+
+
+def _insert_imports(source: str, lines: list[str]) -> str:
+    """After the module docstring and any `from __future__` import, else at the top."""
+    try:
+        body = ast.parse(source).body
+    except (SyntaxError, ValueError, RecursionError):
+        return "\n".join(lines) + "\n" + source
+    at = 0
+    for node in body:
+        is_doc = isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+        if (is_doc and node is body[0]) or (isinstance(node, ast.ImportFrom) and node.module == "__future__"):
+            at = node.end_lineno or at
+        else:
+            break
+    src = source.splitlines(keepends=True)
+    return "".join(src[:at]) + "".join(line + "\n" for line in lines) + "".join(src[at:])
+
+
 def _top_level_functions(source: str) -> set[str]:
     try:
         tree = ast.parse(source)
@@ -119,6 +156,7 @@ def check_reply(raw: str, files: dict[str, str], editable, history: list[PastPro
     if example is not None and proposal.edits and \
             [(e.path, e.search, e.replace) for e in proposal.edits] == [tuple(e.values()) for e in example["edits"]]:
         raise InvalidProposal("that is the format example from the prompt, not a proposal of your own")
+    proposal = add_missing_imports(proposal)
     new_files = apply_proposal(files, proposal, list(editable))
     problem = static_problem(files, new_files)
     if problem:
@@ -149,7 +187,7 @@ def final_verdict(raw: str, exc: ProposalRejected) -> Proposal | ProposalRejecte
     if isinstance(exc, InvalidProposal):
         return exc
     try:
-        proposal = parse_reply(raw)
+        proposal = add_missing_imports(parse_reply(raw))  # what was checked, as check_reply made it
     except ProposalRejected:
         return exc
     if isinstance(exc, (StaticCheckFailed, SmokeFailed, DuplicateProposal)):
