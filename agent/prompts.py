@@ -170,5 +170,8 @@ PROBLEM = {
 
 def repair_message(check: str, error: str, editable, edit_format: EditFormat) -> dict:
     problem = PROBLEM.get(check, PROBLEM["parse"]).format(error=error.strip())
+    if check == "apply" and "change nothing" in error:
+        problem = ("Your reply repeats the current code unchanged. Write the file WITH your change made in it "
+                   "(a different optimizer, setting, layer or loop: a real change that pursues the idea).")
     return {"role": "user", "content": _fill("repair.md", problem=problem, format=FORMAT_LINE[edit_format],
                                              editable=", ".join(editable))}

@@ -226,3 +226,10 @@ def test_budgets_stop_the_loop():
     port.elapsed = 11
     summary, llm = run(port, [ADAM_REPLY])
     assert llm.calls == [] and "time budget" in summary["stop"]
+
+
+def test_a_reply_that_changes_nothing_is_told_so():
+    port = FakePort(proposals=1, repair_rounds=1)
+    _, llm = run(port, [whole_file(DIGITS_FILES["optim.py"]), whole_file(ADAM_OPTIM)])
+    assert "repeats the current code unchanged" in llm.calls[1][-1]["content"]
+    assert reasons(port) == ["accepted"] and [r.check for r in port.rounds] == ["apply", "ok"]
