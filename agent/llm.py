@@ -1,8 +1,12 @@
 """One OpenAI-compatible chat client for every backend (OpenAI, vLLM, Ollama, LM Studio, llama.cpp).
 
-It asks for JSON mode with the schema of the edit format in use (llama.cpp turns that into a
-grammar; OpenAI accepts plain JSON mode), and falls back to plain prompting when a server rejects
-``response_format``. Transient failures (timeouts, connection errors, 5xx, 429) are retried a
+It asks for output constrained to the edit format in use where the endpoint can do it. A
+search-replace reply is one JSON object: llama.cpp's server takes ``{"type": "json_object",
+"schema": ...}`` (and turns it into a grammar) and rejects ``json_schema``; OpenAI-style endpoints
+take ``{"type": "json_schema", ...}``. A local endpoint is tried in that order, a remote one the
+other way round. A whole-file reply is a fenced file, constrained by a GBNF ``grammar`` (a llama.cpp
+extension, so local endpoints only). A server that rejects a constraint gets plain prompting
+(the parser also reads fenced JSON, SEARCH/REPLACE blocks and fenced files). Transient failures (timeouts, connection errors, 5xx, 429) are retried a
 bounded number of times with exponential backoff. Every attempt, failed or not, is handed to a
 ``log`` callback (the loop writes it to the run's ledger): messages, reply, model, tokens,
 latency, estimated cost.
@@ -84,13 +88,32 @@ class LLMClient:
         self.backoff_seconds = backoff_seconds
         self.max_tokens = max_tokens
         self.temperature = temperature
-        self.json_mode = json_mode
+        # A whole-file reply's GBNF grammar (set with the edit format), sent while the server takes it.
+        self.grammar: str | None = None
+        self.use_grammar = json_mode and is_local(self.base_url)
+        # The response_format shapes still to try, best first; empty: plain prompting.
+        self.response_modes: list[str] = (["json_object", "json_schema"] if is_local(self.base_url)
+                                          else ["json_schema", "json_object"]) if json_mode else []
         # Which reply shape JSON mode constrains the model to; set it once the model is known
         # (proposal.choose_edit_format needs the name that check() may only now have picked).
         self.edit_format = edit_format
         # max_retries=0: the openai package's own retries would hide attempts from the call log.
         self._client = openai.OpenAI(base_url=self.base_url, api_key=api_key or os.environ.get("OPENAI_API_KEY")
                                      or "no-key-needed-for-local-servers", timeout=timeout, max_retries=0)
+
+    @property
+    def json_mode(self) -> bool:
+        """Whether replies are still asked for in a constrained JSON shape."""
+        return bool(self.response_modes)
+
+    def response_format(self) -> dict | None:
+        schema = proposal_schema(self.edit_format)
+        if not self.response_modes:
+            return None
+        if self.response_modes[0] == "json_schema":
+            return {"type": "json_schema", "json_schema": {"name": self.edit_format.replace("-", "_"), "strict": True,
+                                                           "schema": schema}}
+        return {"type": "json_object", "schema": schema}
 
     def check(self, timeout: float = 15.0) -> list[str]:
         """GET /models: raise LLMUnavailable if the endpoint does not answer; pick the model if unset."""
@@ -122,18 +145,27 @@ class LLMClient:
             attempt += 1
             kwargs: dict = {"model": self.model, "messages": messages, "max_tokens": self.max_tokens,
                             "temperature": self.temperature}
-            if self.json_mode:
-                # llama.cpp accepts a schema inside json_object (and rejects json_schema); OpenAI ignores it.
-                kwargs["response_format"] = {"type": "json_object", "schema": proposal_schema(self.edit_format)}
+            response_format = grammar = None
+            if self.edit_format == "whole-file":
+                grammar = self.grammar if self.use_grammar else None
+                if grammar:
+                    kwargs["extra_body"] = {"grammar": grammar}
+            else:
+                response_format = self.response_format()
+                if response_format is not None:
+                    kwargs["response_format"] = response_format
             started = time.monotonic()
             try:
                 resp = self._client.chat.completions.create(**kwargs)
             except openai.BadRequestError as exc:
                 latency = time.monotonic() - started
                 self._log(log, messages, None, f"HTTP 400: {_short(exc)}", None, None, latency)
-                if self.json_mode and not _is_context_error(exc):
-                    # The server does not support JSON mode (or the schema): plain prompting from now on.
-                    self.json_mode = False
+                if (response_format is not None or grammar) and not _is_context_error(exc):
+                    # The server does not take this constraint: the next one (or plain prompting) from now on.
+                    if grammar:
+                        self.use_grammar = False
+                    else:
+                        self.response_modes.pop(0)
                     attempt -= 1
                     continue
                 raise LLMUnavailable(f"the LLM endpoint {self.base_url} rejected the request: {_short(exc)}") from None
@@ -175,3 +207,38 @@ def _is_context_error(exc: BaseException) -> bool:
 def _short(exc: BaseException, limit: int = 300) -> str:
     text = " ".join(str(exc).split())
     return text[:limit] + ("…" if len(text) > limit else "")
+
+
+# --------------------------------------------------------------------------- a run's session
+
+
+@dataclass
+class LLMSession:
+    """The client for a run, and the embedded server behind it (if any), which ``close`` stops."""
+
+    client: "LLMClient"
+    server: object = None
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+
+def open_llm_session(config) -> LLMSession:
+    """Reach an LLM before any training: the configured endpoint, else the embedded llama.cpp server."""
+    url, model = resolve_endpoint(config.llm_base_url, config.model)
+    server = None
+    if url is None:
+        from autoresearch.agent.local_llm import start_local_server
+
+        server = start_local_server(config.gguf)
+        url = server.base_url
+    try:
+        client = LLMClient(base_url=url, model=model, timeout=config.llm_timeout)
+        client.check()
+    except BaseException:
+        if server is not None:
+            server.stop()
+        raise
+    return LLMSession(client=client, server=server)

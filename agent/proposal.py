@@ -4,10 +4,13 @@ benchmark's editable set.
 A model may reply in one of two edit formats:
 - search-replace: ``{"title", "hypothesis", "edits": [{"path", "search", "replace"}]}`` (also as
   aider-style ``<<<<<<< SEARCH`` / ``=======`` / ``>>>>>>> REPLACE`` blocks);
-- whole-file: ``{"title", "hypothesis", "file": {"path", "content"}}``, the complete new content of
-  ONE editable file (also as the file's path on a line, then a ```python fence), which small models
-  write far more reliably than exact search text. It becomes one edit with an empty search, which
-  replaces the whole file, so the engine applies both formats the same way.
+- whole-file: the complete new content of ONE editable file, which small models write far more
+  reliably than exact search text. The agent asks for it fenced ('Title: ...', 'Hypothesis: ...',
+  'File: optim.py', then a ```python block; ``whole_file_grammar`` constrains a llama.cpp server to
+  that form), because code inside a JSON string needs escapes a 1.5B model gets wrong; the JSON
+  shape ``{"title", "hypothesis", "file": {"path", "content"}}`` is accepted too. It becomes one
+  edit with an empty search, which replaces the whole file, so the engine applies both formats
+  the same way.
 
 The pydantic models below are the one declared shape of a reply: they give the JSON schema for
 constrained decoding, the validation and the parsing. ``Proposal`` and ``Edit`` are the plain
@@ -31,7 +34,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
 
-from autoresearch.reasons import ProposalRejected
+from autoresearch.reasons import ProposalRejected, Reason
 
 MAX_EDITS = 50
 MAX_TEXT_CHARS = 200_000  # per search/replace text, and per whole-file content
@@ -49,15 +52,15 @@ SMALL_MODEL_MAX_BILLIONS = 8.0
 
 
 class InvalidProposal(ProposalRejected):
-    reason = "invalid_proposal"
+    reason = Reason.INVALID_PROPOSAL
 
 
 class NotEditable(ProposalRejected):
-    reason = "not_editable"
+    reason = Reason.NOT_EDITABLE
 
 
 class ApplyFailed(ProposalRejected):
-    reason = "apply_failed"
+    reason = Reason.APPLY_FAILED
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,10 @@ class Proposal:
     title: str
     hypothesis: str
     edits: tuple[Edit, ...] = field(default_factory=tuple)
+    # The agent's own verdict before any trial (a static check or smoke run that still fails after
+    # its repair rounds, a repeat of an earlier change): the engine records the change with this
+    # reason and its diff, and never trains it.
+    precheck: "ProposalRejected | None" = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict:
         return {"title": self.title, "hypothesis": self.hypothesis, "edits": [asdict(e) for e in self.edits]}
@@ -209,6 +216,23 @@ WHOLE_FILE_SCHEMA: dict = _decoding_schema(WholeFileReply)
 
 def proposal_schema(edit_format: EditFormat) -> dict:
     return {"search-replace": PROPOSAL_SCHEMA, "whole-file": WHOLE_FILE_SCHEMA}[edit_format]
+
+
+def whole_file_grammar(paths: list[str]) -> str:
+    """A GBNF grammar (llama.cpp's ``grammar`` request field) for a whole-file reply in its fenced
+    form: 'Title: ...', 'Hypothesis: ...', 'File: <one of paths>', then the file in a ```python
+    fence. Code inside a JSON string must escape every quote and newline, which small models get
+    wrong; in a fence it is written as it is. An empty ``paths`` (editable globs) allows any path."""
+    def literal(text: str) -> str:
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    path_rule = " | ".join(literal(p) for p in sorted(paths)) if paths else "[^\\n`]+"
+    return "\n".join([
+        'root ::= "Title: " line "\\n" "Hypothesis: " line "\\n" "File: " path "\\n" "```python\\n" code "\\n```"',
+        "line ::= [^\\n]+",
+        f"path ::= {path_rule}",
+        'code ::= ( [^`] | "`" [^`] | "``" [^`] )*',
+    ]) + "\n"
 
 
 def _where(loc: tuple) -> str:

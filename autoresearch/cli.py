@@ -178,13 +178,17 @@ RUNS_DIR = click.option("--runs-dir", type=click.Path(path_type=Path), default=P
 @click.option("--model", envvar="AUTORESEARCH_MODEL", default=None, help="Model name at the endpoint.")
 @click.option("--gguf", envvar="AUTORESEARCH_GGUF", type=click.Path(path_type=Path), default=None,
               help="GGUF file for the embedded llama.cpp server (skips the download).")
+@click.option("--edit-format", type=click.Choice(["auto", "search-replace", "whole-file"]), default="auto",
+              show_default=True, envvar="AUTORESEARCH_EDIT_FORMAT",
+              help="How the model writes a change: the complete new content of one file (whole-file), exact "
+                   "search/replace edits, or auto: whole-file for a small model and small files.")
 @click.option("--max-llm-cost", type=float, default=None, help="Stop starting proposals past this estimated USD cost.")
 @click.option("--time-budget", type=float, default=None, help="Stop starting proposals after this many seconds of work (summed over resumes).")
 @RUNS_DIR
 @_guard
 def run(benchmark, idea, proposals_file, proposals, stages, seeds, alpha, min_delta, no_screen, no_verify, slots, executor,
-        ray_address, device, isolation, require_isolation, llm_base_url, model, gguf, max_llm_cost, time_budget,
-        runs_dir):
+        ray_address, device, isolation, require_isolation, llm_base_url, model, gguf, edit_format, max_llm_cost,
+        time_budget, runs_dir):
     """Start a run: propose (from an idea or a file), gate, record and report."""
     from autoresearch.config import RunConfig
     from autoresearch.engine import read_proposal_lines
@@ -219,7 +223,8 @@ def run(benchmark, idea, proposals_file, proposals, stages, seeds, alpha, min_de
                        proposals=proposals or (len(lines) if lines else 8), stages=stages, seeds=seeds, alpha=alpha,
                        min_delta=min_delta, verify=not no_verify, slots=slots,
                        executor=executor, ray_address=ray_address, device=device, isolation=isolation,
-                       llm_base_url=llm_base_url, model=model, gguf=gguf, max_llm_cost=max_llm_cost,
+                       llm_base_url=llm_base_url, model=model, gguf=gguf, edit_format=edit_format,
+                       max_llm_cost=max_llm_cost,
                        time_budget=time_budget)
     _execute(config, lines=lines, run_dir=None)
 

@@ -89,7 +89,7 @@ class RunEngine:
         return materialise(self.run_dir, files, name)
 
     def smoke(self, files: dict[str, str]) -> SmokeResult:
-        """One epoch on a slice of the train split in the sandbox (trial_cache.TrialCache.smoke)."""
+        """The run's epoch budget on a slice of the train split in the sandbox (trial_cache.TrialCache.smoke)."""
         return self.trials.smoke(files)
 
     def run_trials(self, files: dict[str, str], seeds: list[int], *, role: str,
@@ -164,6 +164,8 @@ class RunEngine:
                     new_files = apply_proposal(incumbent_files, parsed, self.bench.spec.editable)
                     record.diff = unified_diff(incumbent_files, new_files)
                     check_change(incumbent_files, new_files)  # static tamper check: ends `tampered`
+                    if parsed.precheck is not None:  # the agent's checks found it cannot run: never trained
+                        raise parsed.precheck
                     self._gate(record, incumbent_files, new_files)
                 except ProposalRejected as exc:
                     record.reason, record.detail = exc.reason, str(exc)

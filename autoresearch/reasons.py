@@ -38,6 +38,11 @@ class Reason(StrEnum):
 # Reasons a proposal ends with before any code of it could be applied (no commit tree of its own).
 NOT_APPLIED = frozenset({Reason.INVALID_PROPOSAL, Reason.NOT_EDITABLE, Reason.APPLY_FAILED})
 
+# Reasons whose detail the model may see: failures of the code itself. A gate's detail (not_better,
+# accepted, the integrity findings) holds test figures, which the agent never sees.
+DETAIL_SAFE = NOT_APPLIED | frozenset({Reason.STATIC_CHECK, Reason.SMOKE_FAILED, Reason.DUPLICATE, Reason.CRASH,
+                                       Reason.TIMEOUT, Reason.OOM, Reason.NONFINITE, Reason.TAMPERED})
+
 
 class ProposalRejected(ValueError):
     """A proposal that cannot be trained; ``reason`` is the record's reason code."""

@@ -193,6 +193,49 @@ def _secondary_section(record: "ProposalRecord", engine: "RunEngine") -> list[st
     return rows + [""] + [f"> {n}" for n in sorted(notes)] + ([""] if notes else [])
 
 
+def _change_files(engine: "RunEngine", record: "ProposalRecord") -> tuple[dict, dict] | None:
+    """(incumbent files, candidate files) of a proposal with a commit of its own, else None."""
+    from autoresearch.reasons import NOT_APPLIED
+
+    if not record.commit or record.reason in NOT_APPLIED:
+        return None
+    try:
+        parent = engine.ledger.proposal(engine.run_id, record.idx)["parent_commit"]
+        return engine.repo.files_at(parent), engine.repo.files_at(record.commit)
+    except Exception:  # the report must not die on a repo it cannot read; the diff stands
+        return None
+
+
+def _what_it_does(engine: "RunEngine", record: "ProposalRecord") -> tuple[list[str], list[str]]:
+    """The deterministic description of the change (autoresearch.describe) and the flags on what
+    the title and hypothesis name that the diff does not touch."""
+    from autoresearch.describe import describe_change, title_claims_unsupported
+
+    files = _change_files(engine, record)
+    if files is None:
+        return [], []
+    try:
+        return describe_change(*files), title_claims_unsupported(record.title, record.hypothesis, *files)
+    except Exception as exc:  # a description is a courtesy; never the reason a report is lost
+        return [f"(not described: {type(exc).__name__})"], []
+
+
+def _agent_rounds(engine: "RunEngine", idx: int) -> str:
+    """'3 replies: static check failed, smoke run failed, ok (whole-file)' from the agent's journal."""
+    from autoresearch.agent_port import read_journal
+
+    rounds = read_journal(engine.run_dir, idx)
+    if not rounds:
+        return ""
+    said = {"ok": "passed", "parse": "unreadable", "apply": "did not apply", "static": "static check failed",
+            "duplicate": "duplicate", "smoke": "smoke run failed"}
+    checks = ", ".join(said.get(str(r.get("check")), "?") for r in rounds)
+    fmt = _string(rounds[-1].get("edit_format"), 40) or "-"
+    smoke_s = sum(_number(r.get("smoke_seconds")) or 0.0 for r in rounds)
+    return (f"{len(rounds)} repl{'y' if len(rounds) == 1 else 'ies'}, {len(rounds) - 1} repair round(s): {checks} "
+            f"(edit format {markdown_inline(fmt, 40)}; smoke runs {smoke_s:.1f}s)")
+
+
 def write_proposal_report(engine: "RunEngine", record: "ProposalRecord") -> Path:
     spec = engine.bench.spec
     row = engine.ledger.proposal(engine.run_id, record.idx) or {}
@@ -204,8 +247,20 @@ def write_proposal_report(engine: "RunEngine", record: "ProposalRecord") -> Path
     train_s = sum(_number(_field(t.summary, "train", "run")) or 0.0 for t in trials if not t.cached)
     predict_s = sum(_number(_field(t.summary, "predict", "run")) or 0.0 for t in trials if not t.cached)
     devices = sorted({_string(_field(t.summary, "device")) or engine.device for t in trials}) or [engine.device]
+    does, flags = _what_it_does(engine, record)
+    rounds = _agent_rounds(engine, record.idx)
     lines = [
         f"# Proposal {record.idx:03d}: {markdown_inline(record.title, 200)}",
+        "",
+        "**What the diff does** (read from the code by autoresearch, not written by the model):",
+        "",
+        *([f"- {markdown_inline(line, 300)}" for line in does[:30]] or ["- (no change could be applied)"]),
+        "",
+        "**The model's claims** (its own words, not checked except as flagged):",
+        "",
+        f"- title: {markdown_inline(record.title, 200)}",
+        f"- hypothesis: {markdown_inline(record.hypothesis, 4000) or '-'}",
+        *[f"- **not supported by the diff:** {markdown_inline(flag, 400)}" for flag in flags],
         "",
         f"**Decision: {decision}** (reason: `{record.reason}`)",
         "",
@@ -213,7 +268,7 @@ def write_proposal_report(engine: "RunEngine", record: "ProposalRecord") -> Path
         "",
         f"- run: `{engine.run_id}`; benchmark `{spec.name}` v{spec.version}; source: {row.get('source', '-')}",
         f"- idea: {markdown_inline(engine.config.idea) if engine.config.idea else '(proposals file, no idea)'}",
-        f"- hypothesis: {markdown_inline(record.hypothesis, 4000) or '-'}",
+        *([f"- agent: {rounds}"] if rounds else []),
         f"- parent (incumbent) commit: `{row.get('parent_commit', '-')}`; this proposal's commit: `{record.commit}` "
         f"(ref `refs/proposals/{record.idx:03d}`)",
         "",
@@ -336,12 +391,16 @@ def write_summary(engine: "RunEngine", headline: dict | None = None) -> Path:
     else:
         lines += [headline.get("detail", "not verified")]
     lines += ["", "Selection-time figures below are optimistic by construction; the headline above is not.", "",
-              "## Proposals", "", "| # | title | decision | reason | mean diff | 95% CI | p | report |",
+              "## Proposals", "", "Titles are the model's words; a title naming something the diff does not touch is "
+              "flagged (**unsupported: ...**).", "",
+              "| # | title | decision | reason | mean diff | 95% CI | p | report |",
               "|---:|---|---|---|---:|---|---:|---|"]
     for r in records:
         g = r.gate
         rep = Path(r.report_path).name if r.report_path else ""
-        lines.append(f"| {r.idx} | {markdown_inline(r.title, 120)} | {r.decision} | {r.reason} | "
+        _, flags = _what_it_does(engine, r)
+        flag = f" **unsupported: {markdown_inline('; '.join(flags), 300)}**" if flags else ""
+        lines.append(f"| {r.idx} | {markdown_inline(r.title, 120)}{flag} | {r.decision} | {r.reason} | "
                      f"{_signed(g.mean_difference) if g else '-'} | "
                      f"{f'[{g.ci95[0]:+.4f}, {g.ci95[1]:+.4f}]' if g else '-'} | {f'{g.p_value:.3g}' if g else '-'} | "
                      f"[{rep}](reports/{rep}) |")

@@ -127,21 +127,24 @@ class TrialCache:
     # ------------------------------------------------------------------ smoke
 
     def smoke(self, files: dict[str, str]) -> SmokeResult:
-        """Train a code version for one epoch on a slice of the train split and predict a few inputs,
-        in the sandbox, on one seed of its own (AIDE's debug step): a traceback, a NaN, a timeout or
+        """Train a code version on a slice of the train split and predict a few inputs, in the
+        sandbox, on one seed of its own (AIDE's debug step). It trains for the run's own epoch budget
+        (code that derives a schedule from `epochs` must see the real value: T_max = epochs - 1 is 0
+        at one epoch), which on the slice is a few steps: a traceback, a NaN, a timeout or
         malformed predictions show in seconds, before any gate trial is spent. Recorded nowhere:
         the agent hands the error back to the model for a repair."""
         smoke_dir = self.data.public_dir / "smoke"
         n_train = int(np.load(smoke_dir / "train" / "train_y.npy", mmap_mode="r").shape[0])
         n_pred = int(np.load(smoke_dir / "predict" / "inputs.npy", mmap_mode="r").shape[0])
         full = self.budget()
-        budget = Budget(train_examples=int(n_train * (1 + self.bench.spec.integrity.budget_tolerance)) + 1,
+        epochs = self.bench.spec.budget.epochs
+        budget = Budget(train_examples=int(epochs * n_train * (1 + self.bench.spec.integrity.budget_tolerance)) + 1,
                         other_examples=n_train + 64, predict_examples=2 * n_pred + 64,
                         checkpoint_bytes=full.checkpoint_bytes, prediction_bytes=full.prediction_bytes)
         seed = draw_seeds(self.secret, "smoke", 1)[0]
         ws = materialise(self.run_dir, files, "smoke-" + files_hash(files)[:12])
         req = self._request(ws, [seed], "smoke-" + ws.name, train_data=smoke_dir / "train",
-                            predict_data=smoke_dir / "predict", config=self.trial_config() | {"epochs": 1},
+                            predict_data=smoke_dir / "predict", config=self.trial_config(),
                             predict={"batch": 32, "check_rows": [0, 1], "check_batch": 1}, budget=budget)
         out = self.executor.map([req])[0][0]
         if out.status == TrialStatus.OK:

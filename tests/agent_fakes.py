@@ -30,6 +30,8 @@ class FakeLLM:
         self.cost = cost
         self.model = model
         self.base_url = "fake://queue"
+        self.edit_format = "search-replace"  # set by the loop, as on LLMClient
+        self.max_tokens = 600
         self.calls: list[list[dict]] = []
 
     def complete(self, messages, *, log=None) -> LLMReply:
@@ -124,3 +126,137 @@ class ScriptedServer:
     def __exit__(self, *exc) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+# --------------------------------------------------------------------------- a fake port (no engine)
+
+DIGITS_FILES = {
+    "optim.py": ('"""The optimizer. Editable: proposals may change the update rule and the learning-rate schedule."""\n'
+                 "import torch\n\n\n"
+                 "def build_optimizer(params, *, steps_per_epoch: int, epochs: int):\n"
+                 "    optimizer = torch.optim.SGD(params, lr=0.01)\n"
+                 "    scheduler = None\n"
+                 "    return optimizer, scheduler\n"),
+    "model.py": ('"""The network. Editable: proposals may change the architecture."""\n'
+                 "import torch.nn as nn\n\n\n"
+                 "def build_model(input_shape, num_classes):\n"
+                 "    return nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, num_classes))\n"),
+}
+ADAM_OPTIM = DIGITS_FILES["optim.py"].replace("torch.optim.SGD(params, lr=0.01)", "torch.optim.Adam(params, lr=1e-3)")
+
+
+def whole_file(content: str, title: str = "Adam optimizer", path: str = "optim.py") -> str:
+    """A whole-file reply in the fenced form the prompt (and the grammar) asks for."""
+    return f"Title: {title}\nHypothesis: adaptive steps\nFile: {path}\n```python\n{content.rstrip()}\n```"
+
+
+class FakeSmoke:
+    def __init__(self, ok: bool = True, status: str = "ok", error: str = ""):
+        self.ok, self.status, self.error = ok, status, error
+
+
+class FakePort:
+    """An AgentPort with no engine: files in a dict, evaluate() "trains" nothing and accepts every
+    Proposal without a precheck (or as ``decide`` says), smoke results come from a queue."""
+
+    def __init__(self, *, files=None, proposals: int = 3, repair_rounds: int = 1, edit_format: str = "auto",
+                 idea: str = "adaptive LR optimizer", smoke=None, decide=None, max_llm_cost=None, time_budget=None):
+        from autoresearch.agent_port import AgentSettings, Task
+
+        self.files = dict(files or DIGITS_FILES)
+        self.settings = AgentSettings(idea=idea, proposals=proposals, repair_rounds=repair_rounds,
+                                      edit_format=edit_format, max_llm_cost=max_llm_cost, time_budget=time_budget)
+        self.task = Task(benchmark="digits-mlp v2", description="Classify digits.", editable=tuple(sorted(self.files)),
+                         metric="accuracy (higher is better)", budget="10 epochs")
+        self.smoke_results = list(smoke or [])
+        self.smoked: list[dict] = []
+        self.decide = decide or (lambda idx, proposal: ("accepted", "accepted", 0.93, 0.62))
+        self.evaluated: list[tuple] = []   # (idx, raw, parsed)
+        self.past: list = []
+        self.calls: list[dict] = []
+        self.rounds: list = []
+        self.stages: list[str] = []
+        self.summary: dict | None = None
+        self.stored: tuple[int, str] | None = None  # a pending reply (resume)
+        self.elapsed = 0.0
+
+    def change_hash(self, files):
+        return json.dumps(sorted(files.items()))
+
+    def incumbent(self):
+        return dict(self.files)
+
+    def ensure_baseline(self):
+        pass
+
+    def history(self):
+        return list(self.past)
+
+    def pending(self):
+        from autoresearch.agent_port import Pending
+
+        return Pending(*self.stored) if self.stored else None
+
+    def next_index(self):
+        return len(self.evaluated) + 1
+
+    def budget(self):
+        from autoresearch.agent_port import BudgetState
+
+        return BudgetState(decided=len(self.evaluated), limit=self.settings.proposals,
+                           cost_usd=sum(c.get("cost_usd") or 0 for c in self.calls), elapsed_seconds=self.elapsed)
+
+    def smoke(self, files):
+        self.smoked.append(dict(files))
+        return self.smoke_results.pop(0) if self.smoke_results else FakeSmoke()
+
+    def evaluate(self, idx, raw, parsed, *, prompt_hash):
+        """Records a PastProposal as EnginePort.history would: an accepted change becomes the incumbent."""
+        from autoresearch.agent.proposal import Proposal, ProposalRejected, apply_proposal
+        from autoresearch.agent_port import PastProposal
+        from autoresearch.describe import describe_change
+
+        self.evaluated.append((idx, raw, parsed))
+        self.stored = None
+        title = parsed.title if isinstance(parsed, Proposal) else f"invalid proposal #{idx}"
+        new, changes, val = None, (), (None, None)
+        if isinstance(parsed, Proposal):
+            try:
+                new = apply_proposal(self.files, parsed, list(self.task.editable))
+                changes = tuple(describe_change(self.files, new))
+            except ProposalRejected as exc:
+                parsed = exc
+        if isinstance(parsed, Proposal) and parsed.precheck is not None:
+            decision, reason, detail = "rejected", parsed.precheck.reason, str(parsed.precheck)
+        elif isinstance(parsed, ProposalRejected):
+            decision, reason, detail = "rejected", parsed.reason, str(parsed)
+        else:
+            decision, reason, *val = self.decide(idx, parsed)
+            detail = "test figures here: 0.9876"  # a gate's detail: must never reach the model
+        self.past.append(PastProposal(idx=idx, title=title, decision=decision, reason=reason,
+                                      detail=detail if reason not in ("accepted", "not_better") else "",
+                                      changes=changes, val_candidate=val[0], val_incumbent=val[1],
+                                      seeds=2 if val[0] is not None else 0,
+                                      change_hash=self.change_hash(new) if new else None))
+        if decision == "accepted" and new:
+            self.files = new
+        return reason
+
+    def log_llm_call(self, idx, attempt, **fields):
+        self.calls.append({"idx": idx, "attempt": attempt, **fields})
+
+    def llm_totals(self, idx=None):
+        calls = [c for c in self.calls if idx is None or c["idx"] == idx]
+        return {"calls": len(calls), "prompt_tokens": sum(c["prompt_tokens"] or 0 for c in calls),
+                "completion_tokens": sum(c["completion_tokens"] or 0 for c in calls),
+                "cost_usd": sum(c["cost_usd"] or 0 for c in calls),
+                "latency_seconds": sum(c["latency_seconds"] for c in calls)}
+
+    def note_round(self, entry):
+        self.rounds.append(entry)
+
+    def stage(self, text):
+        self.stages.append(text)
+
+    def save_summary(self, summary):
+        self.summary = summary

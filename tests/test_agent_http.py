@@ -59,16 +59,19 @@ def test_valid_reply_json_mode_and_logging():
     assert json.loads(calls[0]["messages_json"]) == MESSAGES and calls[0]["model"] == "scripted-model"
 
 
-def test_whole_file_format_sends_its_own_schema():
-    """The edit format is chosen after check() has named the model, so it is read at each call."""
-    whole = json.dumps({"title": "Adam", "hypothesis": "h", "file": {"path": "optim.py", "content": "x = 1\n"}})
+def test_whole_file_format_sends_its_own_constraint():
+    """The edit format is chosen after check() has named the model, so it is read at each call:
+    search-replace asks for its JSON schema, whole-file for its grammar (and no JSON mode, which
+    would contradict the fenced file the prompt asks for)."""
+    whole = "Title: Adam\nHypothesis: h\nFile: optim.py\n```python\nx = 1\n```"
     with ScriptedServer([ADAM_REPLY, whole]) as server:
         client = _client(server)
         client.complete(MESSAGES)
-        client.edit_format = "whole-file"
+        client.edit_format, client.grammar = "whole-file", "root ::= \"x\"\n"
         client.complete(MESSAGES)
-    first, second = (body["response_format"]["schema"] for body in server.requests)
-    assert first == PROPOSAL_SCHEMA and second == WHOLE_FILE_SCHEMA
+    first, second = server.requests
+    assert first["response_format"]["schema"] == PROPOSAL_SCHEMA and "grammar" not in first
+    assert second["grammar"] == client.grammar and "response_format" not in second
 
 
 def test_500_is_retried_with_backoff_then_succeeds():
@@ -96,16 +99,42 @@ def test_slow_reply_past_the_timeout_is_retried():
 
 
 def test_server_rejecting_response_format_gets_plain_prompting():
+    """A local server is asked llama.cpp's way first (json_object + schema), then OpenAI's
+    (json_schema), then plainly; the shape that worked is kept for the next calls."""
     fenced = "Here you go:\n```json\n" + MOMENTUM_REPLY + "\n```\n"
-    with ScriptedServer([("no_response_format", fenced)] * 3) as server:
+    with ScriptedServer([("no_response_format", fenced)] * 4) as server:
         client = _client(server)
         calls, log = _log()
         first = client.complete(MESSAGES, log=log)
         second = client.complete(MESSAGES, log=log)
     assert first.text == fenced and second.text == fenced and client.json_mode is False
-    assert "response_format" in server.requests[0]
-    assert "response_format" not in server.requests[1] and "response_format" not in server.requests[2]
-    assert "400" in calls[0]["error"] and len(calls) == 3
+    kinds = [body.get("response_format", {}).get("type") for body in server.requests]
+    assert kinds == ["json_object", "json_schema", None, None]
+    assert server.requests[1]["response_format"]["json_schema"]["schema"] == PROPOSAL_SCHEMA
+    assert "400" in calls[0]["error"] and "400" in calls[1]["error"] and len(calls) == 4
+
+
+def test_whole_file_grammar_is_sent_to_local_servers_and_dropped_when_refused():
+    from autoresearch.agent.proposal import whole_file_grammar
+
+    reply = "Title: Adam\nHypothesis: h\nFile: optim.py\n```python\nx = 1\n```"
+    with ScriptedServer([("status", 400), reply, reply]) as server:
+        client = _client(server)
+        client.edit_format, client.grammar = "whole-file", whole_file_grammar(["optim.py"])
+        assert client.complete(MESSAGES).text == reply and client.complete(MESSAGES).text == reply
+    first, second, third = server.requests
+    assert first["grammar"] == client.grammar and "response_format" not in first
+    assert "grammar" not in second and "grammar" not in third  # refused once: plain prompting from then on
+
+
+def test_remote_endpoints_are_asked_for_json_schema_first():
+    remote = LLMClient(base_url="https://api.example.invalid/v1", model="gpt-4o-mini")
+    remote.edit_format = "whole-file"
+    fmt = remote.response_format()
+    assert fmt["type"] == "json_schema" and fmt["json_schema"]["schema"] == WHOLE_FILE_SCHEMA
+    assert fmt["json_schema"]["strict"] is True
+    local = LLMClient(base_url="http://127.0.0.1:1/v1", model="m")
+    assert local.response_format() == {"type": "json_object", "schema": PROPOSAL_SCHEMA}
 
 
 def test_unreachable_endpoint_fails_before_training(tmp_path):
@@ -205,6 +234,51 @@ def test_idea_run_through_http(tiny_bench, tmp_path):
     assert all(c[2] == "scripted-model" and c[3] == 321 and c[4] == 45 and c[5] == 0.0 for c in calls)
     report = (run_dir / show["proposals"][0]["report"]).read_text()
     assert "torch.optim.Adam" in report and "2 call(s), 642 prompt + 90 completion tokens" in report
+
+
+CRASHING_OPTIM = ('"""The optimizer."""\nimport torch\n\n\ndef build_optimizer(params, *, steps_per_epoch: int, '
+                  'epochs: int):\n    raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")\n')
+ADAM_OPTIM = ('"""The optimizer."""\nimport torch\n\n\ndef build_optimizer(params, *, steps_per_epoch: int, '
+              'epochs: int):\n    return torch.optim.Adam(params, lr=1e-3), None\n')
+UNDEFINED_OPTIM = ADAM_OPTIM.replace("torch.optim.Adam(params", "torch.optim.Adam(parameters")
+
+
+def _whole(content: str, title: str) -> str:
+    return f"Title: {title}\nHypothesis: h\nFile: optim.py\n```python\n{content}```"
+
+
+@pytest.mark.slow
+def test_whole_file_run_repairs_a_smoke_crash_and_never_trains_a_static_failure(tiny_bench, tmp_path):
+    """Through HTTP and the CLI: proposal 1 crashes in its smoke run, the traceback goes back to the
+    model and the repaired reply is gated; proposal 2 keeps an undefined name through its repair
+    rounds and is recorded as static_check without a single trial."""
+    script = [_whole(CRASHING_OPTIM, "Adam"), _whole(ADAM_OPTIM, "Adam")] + [_whole(UNDEFINED_OPTIM, "Adam v2")] * 3
+    runs = tmp_path / "runs"
+    with ScriptedServer(script) as server:
+        proc = _run_cli("run", "--idea", "adaptive LR optimizer", "--benchmark", tiny_bench, "--proposals", 2,
+                        "--seeds", 2, "--no-verify", "--edit-format", "whole-file", "--llm-base-url", server.base_url,
+                        "--runs-dir", runs)
+        requests = server.requests
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # A local endpoint: each request carries the fenced file's grammar (llama.cpp's extension), no JSON mode.
+    assert len(requests) == 5 and all('path ::= "model.py" | "optim.py" | "train.py"' in r["grammar"]
+                                      and "response_format" not in r for r in requests)
+    repair = requests[1]["messages"][-1]["content"]
+    assert "short test run" in repair and "mat1 and mat2 shapes" in repair
+    assert "undefined name" in requests[3]["messages"][-1]["content"]
+    run_dir = next(runs.iterdir())
+    show = json.loads(_run_cli("show", run_dir, "--json").stdout)
+    first, second = show["proposals"]
+    assert first["reason"] in ("accepted", "not_better") and second["reason"] == "static_check"
+    db = sqlite3.connect(run_dir / "ledger.sqlite")
+    assert db.execute("SELECT COUNT(*) FROM trials WHERE proposal_idx = 2").fetchone()[0] == 0
+    report1 = (run_dir / first["report"]).read_text()
+    does = report1.split("**What the diff does**")[1].split("**The model's claims**")[0]
+    assert "optim.py:" in does and "torch.optim.Adam" in does and "**The model's claims**" in report1
+    assert "2 replies, 1 repair round(s): smoke run failed, passed (edit format whole-file" in report1
+    report2 = (run_dir / second["report"]).read_text()
+    assert "3 replies, 2 repair round(s): static check failed, static check failed, static check failed" in report2
+    assert "parameters" in report2  # its diff is recorded
 
 
 def test_sigkill_mid_trial_then_resume(tiny_bench, tmp_path):

@@ -1,5 +1,7 @@
-"""Agent loop with a queue-driven fake model (no network, no HTTP): repairs, duplicates, protected
-files, budgets, the prompt's content (validation figures only), and resume of a stored reply."""
+"""Agent loop with a queue-driven fake model (no network, no HTTP) over a real engine, through the
+EnginePort: repairs, duplicates, protected files, budgets, the prompt's content (validation figures
+only), resume of a stored reply, and a reply that cannot run recorded without training. The loop's
+logic itself is tested against a fake port in test_agent_graph.py."""
 
 from __future__ import annotations
 
@@ -9,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from agent_fakes import ADAM_REPLY, MALFORMED_REPLY, NO_EDITS_REPLY, PROTECTED_REPLY, FakeLLM
-from autoresearch.agent.loop import LLMSession, build_messages, history_lines, prompt_hash, run_agent
+from autoresearch.agent.loop import LLMSession, build_messages, prompt_hash, run_agent
+from autoresearch.agent_port import EnginePort
 from autoresearch.config import RunConfig
-from autoresearch.engine import ProposalRecord, RunEngine, TrialRecord
+from autoresearch.engine import RunEngine
 from conftest import copy_benchmark
 
 
@@ -28,24 +31,7 @@ def make_engine(bench: Path, runs: Path, **overrides) -> RunEngine:
     return RunEngine.create(RunConfig(**cfg))
 
 
-def test_history_shows_validation_never_test():
-    def trial(seed, role, val, test):
-        return TrialRecord(seed=seed, role=role, code_hash="h", status="ok", detail="", val_metric=val,
-                           test_metric=test, val_log_loss=0.1, test_log_loss=0.1, summary={})
-
-    rec = ProposalRecord(idx=1, title="Adam", hypothesis="h", decision="rejected", reason="not_better",
-                         detail="mean improvement +0.0123 on test; p=0.2",
-                         candidate_trials=[trial(1, "candidate", 0.5678, 0.1234), trial(2, "candidate", 0.5678, 0.1234)],
-                         incumbent_trials=[trial(1, "incumbent", 0.4321, 0.8765), trial(2, "incumbent", 0.4321, 0.8765)])
-    bad = ProposalRecord(idx=2, title="Broken", hypothesis="", decision="rejected", reason="apply_failed",
-                         detail="edit 0: the search text does not occur in optim.py")
-    text = history_lines([rec, bad], "accuracy")
-    assert "val accuracy 0.5678 vs incumbent 0.4321 over 2 seed(s)" in text
-    assert "0.1234" not in text and "0.8765" not in text and "0.0123" not in text and "test" not in text
-    assert "apply_failed" in text and "does not occur in optim.py" in text
-    assert history_lines([], "accuracy") == "(none yet)"
-
-
+@pytest.mark.slow
 def test_loop_repairs_dedupes_and_records(tiny_bench, tmp_path):
     engine = make_engine(tiny_bench, tmp_path)
     llm = FakeLLM([MALFORMED_REPLY, ADAM_REPLY,          # 1: repaired, then trained
@@ -57,9 +43,13 @@ def test_loop_repairs_dedupes_and_records(tiny_bench, tmp_path):
     rows = engine.ledger.proposals(engine.run_id)
     assert [r["idx"] for r in rows] == [1, 2, 3, 4] and all(r["state"] == "finished" for r in rows)
     reasons = [r["reason"] for r in rows]
-    assert reasons[0] in ("accepted", "not_better") and reasons[1:] == ["invalid_proposal", "not_editable",
-                                                                         "invalid_proposal"]
-    assert "duplicate" in rows[1]["detail"] and "#1" in rows[1]["detail"]
+    # Proposal 2 repeats proposal 1: a duplicate of a rejected change; once accepted, its search text
+    # is gone from the incumbent (it cannot apply twice).
+    repeat = "duplicate" if reasons[0] == "not_better" else "apply_failed"
+    assert reasons[0] in ("accepted", "not_better") and reasons[1:] == [repeat, "not_editable", "invalid_proposal"]
+    if repeat == "duplicate":
+        assert "duplicate" in rows[1]["detail"] and "#1" in rows[1]["detail"]
+        assert rows[1]["diff"] and "torch.optim.Adam" in rows[1]["diff"]  # recorded with its diff, not trained
     assert json.loads(rows[2]["edits_json"])["edits"][0]["path"] == "../harness/run_train.py"
     assert {r["prompt_hash"] for r in rows} == {prompt_hash()}
     # Only the baseline and proposal 1 were trained (2 seeds each): the duplicate was not.
@@ -71,7 +61,7 @@ def test_loop_repairs_dedupes_and_records(tiny_bench, tmp_path):
     assert "could not be used" in second[-1]["content"] and "JSON" in second[-1]["content"]
     # Proposal 2's prompt carries proposal 1's validation result, and no test figure.
     prompt2 = llm.calls[2][1]["content"]
-    assert "#1 'Adam optimizer'" in prompt2 and "val accuracy" in prompt2
+    assert "#1 " in prompt2 and "optim.py: torch.optim.SGD -> torch.optim.Adam" in prompt2 and "val accuracy" in prompt2
     rec1 = engine.records()[0]
     test_mean = sum(t.test_metric for t in rec1.candidate_trials) / 2
     assert f"{test_mean:.4f}" not in prompt2 or f"{test_mean:.4f}" in f"{rec1.candidate_trials[0].val_metric:.4f}"
@@ -122,6 +112,7 @@ class _Killed(BaseException):
     pass
 
 
+@pytest.mark.slow
 def test_resume_evaluates_stored_reply_without_new_call(tiny_bench, tmp_path, monkeypatch):
     engine = make_engine(tiny_bench, tmp_path, proposals=2)
     real = engine.run_trials
@@ -149,24 +140,68 @@ def test_resume_evaluates_stored_reply_without_new_call(tiny_bench, tmp_path, mo
 
 def test_prompt_is_compact_and_has_the_rules(tiny_bench, tmp_path):
     engine = make_engine(tiny_bench, tmp_path)
-    system, user = build_messages(engine, [])
-    text = system["content"] + user["content"]
-    for needle in ("model.py, optim.py, train.py", "epochs", "tampering", "exactly once", "(none yet)",
-                   "adaptive LR optimizer", "torch.optim.SGD(params, lr=0.01)"):
-        assert needle in text
-    assert len(text) < 9000  # about 2.5k tokens: leaves room in the local model's 8k context
+    port = EnginePort(engine)
+    for fmt, rule in (("search-replace", "exactly once"), ("whole-file", "COMPLETE new content")):
+        system, user = build_messages(port.task, port.settings.idea, port.incumbent(), port.history(), fmt)
+        text = system["content"] + user["content"]
+        for needle in ("- model.py: The network.", "- optim.py: The optimizer.", "- train.py: The training loop.",
+                       "epochs", "tampering", rule, "(none yet)", "adaptive LR optimizer",
+                       "torch.optim.SGD(params, lr=0.01)", "accuracy (higher is better)"):
+            assert needle in text, needle
+        assert len(text) < 9000  # about 2.5k tokens: leaves room in the local model's 8k context
 
 
-def test_check_reply_catches_syntax_errors_before_training(tiny_bench, tmp_path):
-    from autoresearch.agent.loop import DoesNotCompile, check_reply, final_parse
+def test_a_reply_that_cannot_run_is_recorded_with_its_diff_and_never_trained(tiny_bench, tmp_path):
+    """Out of repair rounds, a static failure reaches the engine as a verdict: its diff is committed
+    and reported, its reason is static_check, and no trial runs (not even the baseline's)."""
+    from autoresearch.agent.checks import StaticCheckFailed, check_reply, final_verdict
     from autoresearch.agent.proposal import Proposal
 
     engine = make_engine(tiny_bench, tmp_path)
-    broken = json.dumps({"title": "Broken", "hypothesis": "h", "edits": [
+    port = EnginePort(engine)
+    broken = json.dumps({"title": "Adam with warm-up", "hypothesis": "h", "edits": [
         {"path": "optim.py", "search": "optimizer = torch.optim.SGD(params, lr=0.01)",
          "replace": "optimizer = torch.optim.Adam(params, lr=1e-3))"}]})
-    with pytest.raises(DoesNotCompile, match="optim.py would not compile"):
-        check_reply(engine, 1, broken)
-    # Out of repairs, it still goes to the engine whole: the sandbox, not the agent, records the crash.
-    assert isinstance(final_parse(engine, 1, broken), Proposal)
-    assert isinstance(check_reply(engine, 1, ADAM_REPLY), Proposal)
+    with pytest.raises(StaticCheckFailed, match="optim.py would not compile") as info:
+        check_reply(broken, port.incumbent(), port.task.editable, [], change_hash=port.change_hash)
+    parsed = final_verdict(broken, info.value)
+    assert isinstance(parsed, Proposal) and parsed.precheck is info.value
+    assert port.evaluate(1, broken, parsed, prompt_hash="p") == "static_check"
+    row = engine.ledger.proposal(engine.run_id, 1)
+    assert row["state"] == "finished" and "would not compile" in row["detail"] and "Adam" in row["diff"]
+    assert engine.ledger.trials(engine.run_id) == []
+    report = (engine.run_dir / row["report_path"]).read_text()
+    assert "optim.py: torch.optim.SGD -> torch.optim.Adam" not in report  # it does not parse: lines are counted
+    assert "**What the diff does**" in report and "**The model's claims**" in report
+    assert "not supported by the diff" in report and "warm-up" in report  # no scheduler in the diff
+    # A smoke failure is recorded the same way; the same change again is then a duplicate.
+    from autoresearch.agent.checks import DuplicateProposal, SmokeFailed
+
+    adam, _ = check_reply(ADAM_REPLY, port.incumbent(), port.task.editable, port.history(), change_hash=port.change_hash)
+    smoke_failed = final_verdict(ADAM_REPLY, SmokeFailed("crash: NameError"))
+    assert port.evaluate(2, ADAM_REPLY, smoke_failed, prompt_hash="p") == "smoke_failed"
+    assert engine.ledger.trials(engine.run_id) == []
+    with pytest.raises(DuplicateProposal, match="#2"):
+        check_reply(ADAM_REPLY, port.incumbent(), port.task.editable, port.history(), change_hash=port.change_hash)
+    assert [p.reason for p in port.history()] == ["static_check", "smoke_failed"]
+    assert port.history()[1].changes[0] == "optim.py: torch.optim.SGD -> torch.optim.Adam"
+    # The run summary flags the title that names a schedule the diff does not touch.
+    engine.finish()
+    summary = (engine.run_dir / "REPORT.md").read_text()
+    assert "Adam with warm-up **unsupported: the title names" in summary and "a learning-rate schedule" in summary
+
+
+@pytest.mark.slow
+def test_smoke_run_sees_the_real_epoch_budget_and_reports_a_crash(tmp_path):
+    """The smoke run trains on its slice for the run's epochs: a schedule built from `epochs` works
+    there as in the gate (T_max = epochs - 1 is 0 at one epoch); a crash comes back with its cause."""
+    engine = make_engine(copy_benchmark(tmp_path / "three-epochs", epochs=3), tmp_path / "runs")
+    _, files = engine.incumbent
+    cosine = files["optim.py"].replace(
+        "scheduler = None", "scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs - 1)")
+    assert cosine != files["optim.py"]
+    assert engine.smoke({**files, "optim.py": cosine}).ok
+    crashing = files["optim.py"].replace("return optimizer, scheduler", "return optimizer, scheduler / 0")
+    result = engine.smoke({**files, "optim.py": crashing})
+    assert not result.ok and result.status == "crash" and "TypeError" in result.error
+    assert engine.ledger.trials(engine.run_id) == []  # recorded nowhere

@@ -1,0 +1,196 @@
+"""The agent's checks of a reply before any gate trial is spent on it.
+
+In order, cheapest first: parse it, apply it to the incumbent (confined to the editable set),
+compile and read it statically (pyflakes: undefined names; a function the harness may call
+removed), refuse a repeat of an earlier change, then a smoke run in the sandbox (the engine's
+one-epoch run on a slice of the train split). Each failure names the check, so the loop can send
+it back as a repair round; out of rounds, the reply is recorded with that reason and never trained.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+from typing import Callable
+
+from autoresearch.agent.proposal import (ApplyFailed, Edit, InvalidProposal, NotEditable, Proposal,
+                                         ProposalRejected, apply_proposal, parse_reply)
+from autoresearch.agent_port import PastProposal
+from autoresearch.reasons import Reason
+
+
+class StaticCheckFailed(ProposalRejected):
+    """Applies, but leaves Python that would not compile or run (syntax, undefined name, a removed function)."""
+
+    reason = Reason.STATIC_CHECK
+
+
+class SmokeFailed(ProposalRejected):
+    """Applies and compiles, but its smoke run crashed, went non-finite, timed out or broke the rules."""
+
+    reason = Reason.SMOKE_FAILED
+
+
+class DuplicateProposal(ProposalRejected):
+    """Leads to the same files as an earlier proposal: recorded, never trained again."""
+
+    reason = Reason.DUPLICATE
+
+
+# The name of the check for each rejection (the repair message and the journal say it).
+def check_name(exc: ProposalRejected) -> str:
+    if isinstance(exc, StaticCheckFailed):
+        return "static"
+    if isinstance(exc, SmokeFailed):
+        return "smoke"
+    if isinstance(exc, DuplicateProposal):
+        return "duplicate"
+    if isinstance(exc, (ApplyFailed, NotEditable)):
+        return "apply"
+    return "parse"
+
+
+def undefined_names(source: str, path: str) -> list[str]:
+    """Names the module would look up but never defines (static analysis with pyflakes: nothing of
+    the candidate runs). Weak models often replace `optimizer = ...` and leave `optimizer` unset."""
+    from pyflakes import api, messages
+    from pyflakes.reporter import Reporter
+
+    found: list[str] = []
+
+    class Collect(Reporter):
+        def __init__(self):
+            super().__init__(io.StringIO(), io.StringIO())
+
+        def flake(self, message):
+            if isinstance(message, messages.UndefinedName):
+                found.append(f"'{message.message_args[0]}' (line {message.lineno})")
+
+    api.check(source, path, Collect())
+    return found
+
+
+# The import a commonly used module name needs (said in the repair message).
+IMPORTS = {"math": "import math", "torch": "import torch", "nn": "import torch.nn as nn",
+           "F": "import torch.nn.functional as F", "np": "import numpy as np", "optim": "import torch.optim as optim",
+           "lr_scheduler": "from torch.optim import lr_scheduler", "random": "import random"}
+
+
+def add_missing_imports(proposal: Proposal) -> Proposal:
+    """A whole file that uses a common module (math, torch, nn, ...) without importing it gets the
+    import line at its top: the one mechanical repair the agent makes itself (the 1.5B model drops
+    `import math` and does not put it back when told). Deterministic from the reply, so a resume
+    makes the same change; the diff and its description show the import like any other line."""
+    edits = []
+    for edit in proposal.edits:
+        if edit.search == "" and edit.path.endswith(".py"):
+            try:
+                names = [n.split("'")[1] for n in undefined_names(edit.replace, edit.path)]
+            except SyntaxError:
+                names = []
+            missing = sorted({IMPORTS[n] for n in names if n in IMPORTS})
+            if missing and len(missing) == len({n for n in names}):  # only then: nothing else is undefined
+                edit = Edit(path=edit.path, search="", replace=_insert_imports(edit.replace, missing))
+        edits.append(edit)
+    return proposal if tuple(edits) == proposal.edits else \
+        Proposal(title=proposal.title, hypothesis=proposal.hypothesis, edits=tuple(edits))
+
+
+def _insert_imports(source: str, lines: list[str]) -> str:
+    """After the module docstring and any `from __future__` import, else at the top."""
+    try:
+        body = ast.parse(source).body
+    except (SyntaxError, ValueError, RecursionError):
+        return "\n".join(lines) + "\n" + source
+    at = 0
+    for node in body:
+        is_doc = isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+        if (is_doc and node is body[0]) or (isinstance(node, ast.ImportFrom) and node.module == "__future__"):
+            at = node.end_lineno or at
+        else:
+            break
+    src = source.splitlines(keepends=True)
+    return "".join(src[:at]) + "".join(line + "\n" for line in lines) + "".join(src[at:])
+
+
+def _top_level_functions(source: str) -> set[str]:
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError):
+        return set()
+    return {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+
+
+def static_problem(old: dict[str, str], new: dict[str, str]) -> str | None:
+    """Why the changed Python files would not run, or None. Parses only; nothing of the candidate runs."""
+    for path, text in sorted(new.items()):
+        if not path.endswith(".py") or text == old.get(path):
+            continue
+        try:
+            compile(text, path, "exec")
+        except SyntaxError as exc:
+            return (f"{path} would not compile: {exc.msg} (line {exc.lineno}): "
+                    f"{(exc.text or '').strip()[:120]}")
+        except ValueError as exc:  # e.g. a null byte
+            return f"{path} would not compile: {exc}"
+        undefined = undefined_names(text, path)
+        if undefined:
+            imports = sorted({IMPORTS[n.split("'")[1]] for n in undefined if n.split("'")[1] in IMPORTS})
+            return (f"{path} uses undefined name(s): {'; '.join(undefined[:5])}. "
+                    + (f"Add at the top of {path}: {'; '.join(imports)}. " if imports else "")
+                    + "Keep every name the replaced code defined (e.g. still assign the variable you changed) "
+                    "or import it.")
+        removed = sorted(_top_level_functions(old.get(path, "")) - _top_level_functions(text))
+        if removed:
+            return (f"{path} no longer defines {', '.join(removed)}, which the harness or other files call; "
+                    "keep it with the same signature.")
+    return None
+
+
+def check_reply(raw: str, files: dict[str, str], editable, history: list[PastProposal], *,
+                change_hash: Callable[[dict[str, str]], str], example: dict | None = None
+                ) -> tuple[Proposal, dict[str, str]]:
+    """Parse a reply and dry-run it on the incumbent's ``files``: (proposal, new files), or raise
+    the ProposalRejected of the first check it fails (all but the smoke run). ``change_hash`` is
+    the port's hash of a file set, the one earlier proposals' ``change_hash`` was made with."""
+    proposal = parse_reply(raw)
+    if example is not None and proposal.edits and \
+            [(e.path, e.search, e.replace) for e in proposal.edits] == [tuple(e.values()) for e in example["edits"]]:
+        raise InvalidProposal("that is the format example from the prompt, not a proposal of your own")
+    proposal = add_missing_imports(proposal)
+    new_files = apply_proposal(files, proposal, list(editable))
+    problem = static_problem(files, new_files)
+    if problem:
+        raise StaticCheckFailed(problem)
+    change = change_hash(new_files)
+    for p in history:
+        if p.change_hash == change:
+            what = "; ".join(p.changes) or p.title
+            raise DuplicateProposal(f"duplicate: the same change as proposal #{p.idx} ({what}), which was "
+                                    f"{p.decision}" + (f" ({p.reason})" if p.decision != "accepted" else ""))
+    return proposal, new_files
+
+
+def smoke_problem(result) -> str | None:
+    """The smoke run's failure as text for the model, or None when it ran cleanly."""
+    if result.ok:
+        return None
+    lines = [line for line in (result.error or "").splitlines() if line.strip()]
+    text = "\n".join(lines[-12:])
+    return f"{result.status}: {text[-1500:]}" if text else result.status
+
+
+def final_verdict(raw: str, exc: ProposalRejected) -> Proposal | ProposalRejected:
+    """What the engine records once repairs are used up. An unparsable reply goes as its error.
+    One that parsed keeps its edits in the record: not applicable ones are re-applied by the engine
+    (which records the same reason); ones that applied but cannot run carry the verdict, so the
+    engine commits their diff and trains nothing."""
+    if isinstance(exc, InvalidProposal):
+        return exc
+    try:
+        proposal = add_missing_imports(parse_reply(raw))  # what was checked, as check_reply made it
+    except ProposalRejected:
+        return exc
+    if isinstance(exc, (StaticCheckFailed, SmokeFailed, DuplicateProposal)):
+        return Proposal(title=proposal.title, hypothesis=proposal.hypothesis, edits=proposal.edits, precheck=exc)
+    return proposal

@@ -1,0 +1,235 @@
+"""The agent loop against a fake port (no engine, no sandbox, no ledger) and a queue-driven fake
+model: edit formats, checks before any trial, smoke repairs, the run's memory, duplicates, resume.
+Each test runs in well under a second."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agent_fakes import (ADAM_OPTIM, ADAM_REPLY, DIGITS_FILES, MALFORMED_REPLY, FakeLLM, FakePort, FakeSmoke,
+                         whole_file)
+from autoresearch.agent.checks import SmokeFailed, StaticCheckFailed
+from autoresearch.agent.graph import run_agent
+from autoresearch.agent.llm import LLMSession
+from autoresearch.agent.proposal import Proposal, ProposalRejected
+from autoresearch.agent_port import PastProposal
+
+SMALL = "qwen2.5-coder-1.5b-instruct"
+BROKEN_OPTIM = DIGITS_FILES["optim.py"].replace("torch.optim.SGD(params, lr=0.01)", "torch.optim.Adam(params, lr=1e-3))")
+UNDEFINED_OPTIM = DIGITS_FILES["optim.py"].replace("    optimizer = torch.optim.SGD(params, lr=0.01)\n", "")
+MOMENTUM_OPTIM = DIGITS_FILES["optim.py"].replace("lr=0.01)", "lr=0.01, momentum=0.9)")
+TRACEBACK = ("crash: train phase exited with code 1\nTraceback (most recent call last):\n  File \"optim.py\", line 6\n"
+             "RuntimeError: mat1 and mat2 shapes cannot be multiplied")
+
+
+def run(port: FakePort, replies: list[str], model: str = SMALL) -> tuple[dict, FakeLLM]:
+    llm = FakeLLM(replies, model=model)
+    return run_agent(port, LLMSession(client=llm)), llm
+
+
+def reasons(port: FakePort) -> list[str]:
+    return [p.reason for p in port.past]
+
+
+# --------------------------------------------------------------------------- edit formats
+
+
+def test_small_model_gets_the_whole_file_format_and_its_prompt():
+    port = FakePort(proposals=1)
+    summary, llm = run(port, [whole_file(ADAM_OPTIM)])
+    assert summary["edit_format"] == "whole-file" and llm.edit_format == "whole-file"
+    assert llm.max_tokens >= len(DIGITS_FILES["optim.py"]) // 3 + 400
+    system, user = llm.calls[0][0]["content"], llm.calls[0][1]["content"]
+    assert "Title: <a short name of the change>\nHypothesis: <one sentence>\nFile: <the path" in system
+    assert '"edits"' not in system and "COMPLETE new content" in user and "Example of the format" not in user
+    # Constrained decoding: a grammar for the fenced file, naming exactly the editable files.
+    assert 'path ::= "model.py" | "optim.py"\n' in llm.grammar and '"```python\\n" code' in llm.grammar
+    # The idea leads, and each editable file is listed with what it is for (its docstring).
+    assert user.startswith("# Research idea\nadaptive LR optimizer")
+    assert "- optim.py: The optimizer. Editable: proposals may change the update rule" in user
+    assert "torch.optim.SGD(params, lr=0.01)" in user
+    assert reasons(port) == ["accepted"] and port.files["optim.py"] == ADAM_OPTIM
+
+
+def test_capable_model_and_explicit_choice_keep_search_replace():
+    port = FakePort(proposals=1)
+    summary, llm = run(port, [ADAM_REPLY], model="gpt-4o-mini")
+    assert summary["edit_format"] == "search-replace" and '"search"' in llm.calls[0][0]["content"]
+    assert "Example of the format only" in llm.calls[0][1]["content"]
+    port = FakePort(proposals=1, edit_format="search-replace")
+    summary, _ = run(port, [ADAM_REPLY])  # a small model, told to use search/replace
+    assert summary["edit_format"] == "search-replace" and reasons(port) == ["accepted"]
+    port = FakePort(proposals=1, edit_format="whole-file")
+    summary, _ = run(port, [whole_file(ADAM_OPTIM)], model="gpt-4o")
+    assert summary["edit_format"] == "whole-file" and reasons(port) == ["accepted"]
+
+
+def test_big_files_keep_search_replace_even_for_a_small_model():
+    files = dict(DIGITS_FILES, **{"model.py": DIGITS_FILES["model.py"] + "# padding\n" * 400})
+    port = FakePort(files=files, proposals=1)
+    summary, _ = run(port, [ADAM_REPLY])
+    assert summary["edit_format"] == "search-replace"
+
+
+# --------------------------------------------------------------------------- never train code known not to run
+
+
+@pytest.mark.parametrize("content, needle", [(BROKEN_OPTIM, "would not compile"),
+                                             (UNDEFINED_OPTIM, "undefined name"),
+                                             ("import torch\n", "no longer defines build_optimizer")])
+def test_static_failure_after_repairs_is_recorded_and_never_smoked_or_trained(content, needle):
+    port = FakePort(proposals=1, repair_rounds=1)
+    _, llm = run(port, [whole_file(content), whole_file(content)])
+    assert len(llm.calls) == 2 and needle in llm.calls[1][-1]["content"]  # one repair round, with the reason
+    assert llm.calls[1][-2] == {"role": "assistant", "content": whole_file(content)}
+    (_, _, parsed), = port.evaluated
+    assert isinstance(parsed, Proposal) and isinstance(parsed.precheck, StaticCheckFailed)
+    assert needle in str(parsed.precheck) and port.smoked == []
+    assert reasons(port) == ["static_check"]
+    assert [r.check for r in port.rounds] == ["static", "static"]
+
+
+def test_a_repaired_reply_is_smoked_and_evaluated():
+    port = FakePort(proposals=1, repair_rounds=2)
+    _, llm = run(port, [whole_file(BROKEN_OPTIM), whole_file(ADAM_OPTIM)])
+    assert len(port.smoked) == 1 and port.smoked[0]["optim.py"] == ADAM_OPTIM
+    assert reasons(port) == ["accepted"] and [r.check for r in port.rounds] == ["static", "ok"]
+
+
+# --------------------------------------------------------------------------- the smoke run
+
+
+def test_smoke_failure_goes_back_to_the_model_as_a_repair_round():
+    port = FakePort(proposals=1, repair_rounds=2, smoke=[FakeSmoke(False, "crash", TRACEBACK), FakeSmoke()])
+    _, llm = run(port, [whole_file(MOMENTUM_OPTIM), whole_file(ADAM_OPTIM)])
+    repair = llm.calls[1][-1]["content"]
+    assert "short test run" in repair and "mat1 and mat2 shapes" in repair and "crash" in repair
+    assert len(port.smoked) == 2 and reasons(port) == ["accepted"]
+    assert [(r.attempt, r.check) for r in port.rounds] == [(1, "smoke"), (2, "ok")]
+    assert port.summary["repair_rounds"] == 1
+
+
+def test_smoke_failure_after_repairs_is_recorded_not_trained():
+    port = FakePort(proposals=1, repair_rounds=1,
+                    smoke=[FakeSmoke(False, "nonfinite", "loss is nan"), FakeSmoke(False, "crash", TRACEBACK)])
+    run(port, [whole_file(MOMENTUM_OPTIM), whole_file(ADAM_OPTIM)])
+    (_, _, parsed), = port.evaluated
+    assert isinstance(parsed.precheck, SmokeFailed) and "mat1 and mat2" in str(parsed.precheck)
+    assert reasons(port) == ["smoke_failed"] and "mat1 and mat2" in port.past[0].detail
+
+
+def test_bad_input_never_kills_the_run():
+    """Malformed, not applicable, not editable, crashing: each ends as a rejected proposal with its reason."""
+    port = FakePort(proposals=4, repair_rounds=0, smoke=[FakeSmoke(False, "crash", TRACEBACK)])
+    not_there = json.dumps({"title": "x", "hypothesis": "", "edits": [
+        {"path": "optim.py", "search": "not in the file", "replace": "y"}]})
+    summary, _ = run(port, [MALFORMED_REPLY, not_there, whole_file("x = 1\n", path="harness.py"),
+                            whole_file(MOMENTUM_OPTIM)])
+    assert reasons(port) == ["invalid_proposal", "apply_failed", "not_editable", "smoke_failed"]
+    assert summary["proposals"] == 4 and "budget reached" in summary["stop"]
+
+
+# --------------------------------------------------------------------------- memory of the whole run
+
+
+def past(idx: int, **kw) -> PastProposal:
+    base = dict(idx=idx, title=f"idea {idx}", decision="rejected", reason="not_better", detail="",
+                changes=(f"optim.py: SGD lr 0.01 -> 0.0{idx}",), val_candidate=0.6 + idx / 1000, val_incumbent=0.6,
+                seeds=2, change_hash=f"h{idx}")
+    base.update(kw)
+    return PastProposal(**base)
+
+
+def test_prompt_remembers_every_earlier_proposal_compactly():
+    port = FakePort(proposals=21)
+    port.past = [past(i) for i in range(1, 21)]
+    port.evaluated = [None] * 20
+    _, llm = run(port, [whole_file(ADAM_OPTIM)])
+    user = llm.calls[0][1]["content"]
+    for i in range(1, 21):  # all twenty, not the last twelve
+        assert f"#{i} rejected (not_better) | optim.py: SGD lr 0.01 -> 0.0{i} | val accuracy " in user
+    assert len(llm.calls[0][0]["content"] + user) < 12_000  # ~3.5k tokens: inside the 1.5B model's 8k context
+
+
+def test_a_long_history_shrinks_old_rejections_but_keeps_accepted_ones():
+    from autoresearch.agent.prompts import history_text
+
+    history = [past(i, decision="accepted", reason="accepted") if i == 2 else past(i) for i in range(1, 201)]
+    text = history_text(history, "accuracy")
+    assert len(text) < 6000 and "#2 accepted | optim.py" in text and "#200 rejected (not_better) | optim.py" in text
+    assert text.startswith("older rejected: ") and "not_better" in text.splitlines()[0]
+    short = history_text([past(i) for i in range(1, 60)], "accuracy")
+    assert short.startswith("older rejected: #1 not_better, #2 not_better") and "#59 rejected" in short
+
+
+def test_history_shows_validation_figures_never_test_ones():
+    from autoresearch.agent_port import past_proposal
+    from autoresearch.engine import ProposalRecord, TrialRecord
+
+    def trial(seed, role, val, test):
+        return TrialRecord(seed=seed, role=role, code_hash="h", status="ok", detail="", val_metric=val,
+                           test_metric=test, val_log_loss=0.1, test_log_loss=0.1, summary={})
+
+    rec = ProposalRecord(idx=1, title="Adam", hypothesis="h", decision="rejected", reason="not_better",
+                         detail="mean improvement +0.0123 on test; p=0.2",
+                         candidate_trials=[trial(1, "candidate", 0.5678, 0.1234), trial(2, "candidate", 0.5678, 0.1234)],
+                         incumbent_trials=[trial(1, "incumbent", 0.4321, 0.8765), trial(2, "incumbent", 0.4321, 0.8765)])
+    p = past_proposal(rec, ("optim.py: torch.optim.SGD -> torch.optim.Adam",), "h1")
+    assert (p.val_candidate, p.val_incumbent, p.seeds, p.detail) == (0.5678, 0.4321, 2, "")
+    from autoresearch.agent.prompts import history_text
+
+    text = history_text([p], "accuracy")
+    assert "val accuracy 0.5678 vs 0.4321 (2 seed(s))" in text
+    assert "0.1234" not in text and "0.8765" not in text and "0.0123" not in text and "test" not in text
+    crashed = past_proposal(ProposalRecord(idx=2, title="b", hypothesis="", decision="rejected", reason="crash",
+                                           detail="seed 5: NameError: optimizer"), (), None)
+    assert "NameError" in history_text([crashed], "accuracy")
+
+
+def test_it_builds_on_what_was_accepted_and_does_not_repeat_what_was_rejected():
+    port = FakePort(proposals=3, repair_rounds=1,
+                    decide=lambda idx, p: ("accepted", "accepted", 0.93, 0.62) if idx == 1 else
+                    ("rejected", "not_better", 0.60, 0.93))
+    momentum_on_adam = ADAM_OPTIM.replace("lr=1e-3)", "lr=1e-3, betas=(0.8, 0.99))")
+    _, llm = run(port, [whole_file(ADAM_OPTIM),                      # 1 accepted
+                        whole_file(momentum_on_adam, "Adam betas"),  # 2 rejected
+                        whole_file(momentum_on_adam, "Again"),       # 3 the same files as 2: repair round
+                        whole_file(momentum_on_adam, "Again")])      #   and again: recorded as a duplicate
+    second = llm.calls[1][1]["content"]
+    assert "torch.optim.Adam(params, lr=1e-3)" in second and "torch.optim.SGD(params" not in second
+    assert "#1 accepted | optim.py: torch.optim.SGD -> torch.optim.Adam" in second
+    repair = llm.calls[3][-1]["content"]
+    assert "the same change as proposal #2" in repair and "Propose a different change" in repair
+    assert reasons(port) == ["accepted", "not_better", "duplicate"] and len(port.smoked) == 2
+    assert isinstance(port.evaluated[2][2].precheck, ProposalRejected)
+
+
+def test_resume_checks_a_stored_reply_without_asking_the_model():
+    port = FakePort(proposals=1)
+    port.stored = (1, whole_file(ADAM_OPTIM))
+    _, llm = run(port, [])
+    assert llm.calls == [] and reasons(port) == ["accepted"] and len(port.smoked) == 1
+    port = FakePort(proposals=1)
+    port.stored = (1, whole_file(UNDEFINED_OPTIM))
+    run(port, [])
+    assert reasons(port) == ["static_check"] and port.smoked == []
+
+
+def test_budgets_stop_the_loop():
+    port = FakePort(proposals=5, repair_rounds=0, max_llm_cost=0.001)
+    llm = FakeLLM(["nope"] * 5, cost=0.002, model=SMALL)
+    summary = run_agent(port, LLMSession(client=llm))
+    assert len(llm.calls) == 1 and "cost budget" in summary["stop"] and port.summary == summary
+    port = FakePort(proposals=5, time_budget=10)
+    port.elapsed = 11
+    summary, llm = run(port, [ADAM_REPLY])
+    assert llm.calls == [] and "time budget" in summary["stop"]
+
+
+def test_a_reply_that_changes_nothing_is_told_so():
+    port = FakePort(proposals=1, repair_rounds=1)
+    _, llm = run(port, [whole_file(DIGITS_FILES["optim.py"]), whole_file(ADAM_OPTIM)])
+    assert "repeats the current code unchanged" in llm.calls[1][-1]["content"]
+    assert reasons(port) == ["accepted"] and [r.check for r in port.rounds] == ["apply", "ok"]
