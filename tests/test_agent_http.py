@@ -286,32 +286,20 @@ def test_sigkill_mid_trial_then_resume(tiny_bench, tmp_path):
     with ScriptedServer([ADAM_REPLY, MOMENTUM_REPLY], default=NO_EDITS_REPLY) as server:
         args = ["run", "--idea", "adaptive LR optimizer", "--benchmark", tiny_bench, "--proposals", 2, "--seeds", 3,
                 "--no-verify", "--llm-base-url", server.base_url, "--runs-dir", runs]
+        # Killed at a fixed point, not on a timer: proposal 1 trained and committed, the ledger not yet
+        # told (every seed of a look is recorded at once, so watching for trial rows raced the finish).
         proc = subprocess.Popen([AUTORESEARCH, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                text=True)
-        ledger = None
-        before: list[tuple] = []
-        deadline = time.monotonic() + 400
+                                text=True, env=dict(os.environ, AUTORESEARCH_FAULT="commit:1"))
         try:
-            while time.monotonic() < deadline and proc.poll() is None:
-                found = list(runs.glob("*/ledger.sqlite")) if runs.exists() else []
-                if found:
-                    ledger = found[0]
-                    try:
-                        db = sqlite3.connect(ledger, timeout=5)
-                        before = db.execute("SELECT cache_key, created_at FROM trials WHERE role = 'candidate'")\
-                            .fetchall()
-                        db.close()
-                    except sqlite3.Error:
-                        before = []
-                    if before:  # the first candidate seed is done; the next is training now
-                        break
-                time.sleep(0.1)
-            assert before, "the run never reached a candidate trial"
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
+            proc.wait(timeout=400)
         finally:
             if proc.poll() is None:
                 proc.kill()
+        (ledger,) = list(runs.glob("*/ledger.sqlite"))
+        db = sqlite3.connect(ledger, timeout=5)
+        before = db.execute("SELECT cache_key, created_at FROM trials WHERE role = 'candidate'").fetchall()
+        db.close()
+        assert before, "the run never reached a candidate trial"
         assert proc.returncode == -signal.SIGKILL
         db = sqlite3.connect(ledger)
         before_all = db.execute("SELECT cache_key, created_at FROM trials").fetchall()
