@@ -91,14 +91,6 @@ _LAUNCH = ("import runpy, sys\n"
            "runpy.run_module('llama_cpp.server', run_name='__main__', alter_sys=True)\n")
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def download_model(url: str, dest: Path, sha256: str, *, show_progress: bool = True, timeout: float = 60.0) -> Path:
     """Stream ``url`` to ``dest`` with a progress bar; keep the file only if its sha256 matches."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn

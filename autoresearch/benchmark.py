@@ -67,11 +67,13 @@ class BudgetSpec(_Strict):
     max_prediction_mb: int = Field(default=16, gt=0, description="cap on each predictions file")
 
 
-class GateDefaults(_Strict):
-    """The gate's design for this benchmark (autoresearch.gate); a run may override alpha, min_delta
-    and the stages."""
+class GateSpec(_Strict):
+    """The gate's design for this benchmark, as spec.toml's [gate] writes it. The design itself is
+    one type, ``autoresearch.gate.GateConfig``: its defaults and its rules are the ones used here
+    (a spec is checked by building one), and ``design`` is the one place where a run's options
+    are merged into it."""
 
-    alpha: float = Field(default=0.05, gt=0, lt=1)
+    alpha: float = 0.05
     min_delta: float = 0.0
     stages: tuple[int, ...] = Field(default=(2, 4, 6, 10, 16), description="cumulative paired seeds at each look")
     futility: tuple[float, ...] = Field(default=(0.5, 0.2, 0.1, 0.05), description="per look but the last: "
@@ -90,6 +92,24 @@ class GateDefaults(_Strict):
                                                                "min_win_rate", "screen", "screen_margin")}
         return data
 
+    @model_validator(mode="after")
+    def _a_valid_design(self):
+        self.design(proposals=1)  # GateConfig's own checks; its ValueError reads as a spec error
+        return self
+
+    def design(self, *, proposals: int, alpha: float | None = None, min_delta: float | None = None,
+               stages: tuple[int, ...] | None = None, seeds: int | None = None):
+        """The run's gate: this design with the run's alpha, min_delta and stages (or a fixed number
+        of seeds: one look) where given; m is the run's proposal budget."""
+        from autoresearch.gate import GateConfig  # lazily: the gate module loads scipy
+
+        looks = (seeds,) if seeds else tuple(stages or self.stages)
+        # One futility level per look but the last: the spec's, cut or repeated to fit other stages.
+        futility = tuple((list(self.futility) + [self.futility[-1] if self.futility else 0.05] * len(looks))
+                         [:len(looks) - 1])
+        return GateConfig(alpha=alpha or self.alpha, proposals=proposals, stages=looks, futility=futility,
+                          spending=self.spending, min_delta=self.min_delta if min_delta is None else min_delta)
+
 
 class SandboxSpec(_Strict):
     packages: list[str] = Field(default_factory=list, description="installed distributions the candidate may "
@@ -107,7 +127,7 @@ class BenchmarkSpec(_Strict):
     editable: list[str]
     harness: str | None = Field(default=None, description="a built-in frozen harness by name (a folder of "
                                 "autoresearch/harnesses/); left out, the benchmark folder's own harness/ is used")
-    gate: GateDefaults = GateDefaults()
+    gate: GateSpec = GateSpec()
     integrity: IntegritySpec = IntegritySpec()
     sandbox: SandboxSpec = SandboxSpec()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -30,7 +31,16 @@ class DeviceUnavailable(ValueError):
     """The device asked for is not on this machine."""
 
 
+def gpu_driver_present() -> bool:
+    """Whether this machine has a GPU kernel driver (NVIDIA's, or ROCm's /dev/kfd) at all. Without
+    one, torch.cuda cannot be available, and the host need not import torch (about 2 s) to know."""
+    return (os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/nvidiactl")
+            or os.path.exists("/dev/kfd"))
+
+
 def resolve_device(requested: str) -> str:
+    if requested == "cpu" or (requested == "auto" and not gpu_driver_present()):
+        return "cpu"
     import torch
 
     if requested == "auto":
@@ -44,12 +54,12 @@ def resolve_device(requested: str) -> str:
 
 
 def device_description(device: str) -> str:
-    import torch
-
     if device.startswith("cuda"):
+        import torch
+
         idx = int(device.split(":")[1]) if ":" in device else 0
         return f"{device} ({torch.cuda.get_device_name(idx)})"
-    return f"cpu ({platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores)"
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
 def environment(device: str, isolation: str) -> dict:

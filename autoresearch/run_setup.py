@@ -51,17 +51,10 @@ def new_run_id(benchmark: str) -> str:
 
 
 def gate_config(config: RunConfig, bench: Benchmark) -> GateConfig:
-    """The run's gate: the spec's design, with the run's alpha, min_delta and stages (or a fixed
-    number of seeds: one look) where given; m is the run's proposal budget."""
-    spec = bench.spec.gate
-    stages = (config.seeds,) if config.seeds else tuple(config.stages or spec.stages)
-    # One futility level per look but the last: the spec's, cut or repeated to fit other stages.
-    futility = tuple((list(spec.futility) + [spec.futility[-1] if spec.futility else 0.05] * len(stages))
-                     [:len(stages) - 1])
+    """The run's gate: the spec's design with the run's options (``GateSpec.design``)."""
     try:
-        return GateConfig(alpha=config.alpha or spec.alpha, proposals=config.proposals, stages=stages,
-                          futility=futility, spending=spec.spending,
-                          min_delta=spec.min_delta if config.min_delta is None else config.min_delta)
+        return bench.spec.gate.design(proposals=config.proposals, alpha=config.alpha, min_delta=config.min_delta,
+                                      stages=config.stages, seeds=config.seeds)
     except ValueError as exc:
         raise BenchmarkError(f"invalid gate design: {exc}") from None
 

@@ -283,6 +283,8 @@ def _allowed_entries(packages: tuple[str, ...], site_dirs: tuple[str, ...]) -> t
     ``google/``), the entry is split into its children, so that only the allowed files show."""
     installed = _installed(site_dirs)
     names = requirement_closure(packages, installed)
+    if not names:  # the standard library alone (the uid probe's view): no RECORD needs reading
+        return [], set()
     allowed: list[tuple[str, tuple[str, ...]]] = []
     for name in names:
         dist = installed[name]

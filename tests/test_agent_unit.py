@@ -31,8 +31,7 @@ def make_engine(bench: Path, runs: Path, **overrides) -> RunEngine:
     return RunEngine.create(RunConfig(**cfg))
 
 
-@pytest.mark.slow
-def test_loop_repairs_dedupes_and_records(tiny_bench, tmp_path):
+def test_loop_repairs_dedupes_and_records(tiny_bench, tmp_path, fake_trials):
     engine = make_engine(tiny_bench, tmp_path)
     llm = FakeLLM([MALFORMED_REPLY, ADAM_REPLY,          # 1: repaired, then trained
                    ADAM_REPLY, ADAM_REPLY,                # 2: duplicate twice: recorded, not trained
@@ -112,8 +111,7 @@ class _Killed(BaseException):
     pass
 
 
-@pytest.mark.slow
-def test_resume_evaluates_stored_reply_without_new_call(tiny_bench, tmp_path, monkeypatch):
+def test_resume_evaluates_stored_reply_without_new_call(tiny_bench, tmp_path, monkeypatch, fake_trials):
     engine = make_engine(tiny_bench, tmp_path, proposals=2)
     real = engine.run_trials
 

@@ -255,3 +255,28 @@ def test_benchmarks_command_says_where_data_comes_from_and_whether_it_is_pinned(
     text = " ".join(CliRunner().invoke(main, ["benchmarks"], env={"COLUMNS": "300"}).output.split())
     assert "fingerprints NOT pinned: run `autoresearch init-benchmark DEST --from cifar10-resnet` first" in text
     assert "data: sklearn-digits, offline" in text
+
+
+def test_the_gate_design_is_one_type_checked_where_the_spec_is_read(tmp_path):
+    """spec.toml's [gate] is checked by the gate's own rules when the benchmark loads (a bad design
+    is a spec error, not a failure in the middle of a run), and a run's options merge in one place."""
+    import tomlkit
+
+    from autoresearch.benchmark import BenchmarkError
+    from autoresearch.config import RunConfig
+    from autoresearch.gate import GateConfig
+    from autoresearch.run_setup import gate_config
+    from conftest import copy_benchmark
+
+    bench = copy_benchmark(tmp_path / "bench")
+    spec = load_benchmark(bench).spec
+    assert spec.gate.design(proposals=8) == GateConfig(proposals=8)  # the defaults are the gate's own
+    run = gate_config(RunConfig(benchmark=str(bench), proposals=4, alpha=0.1, stages=(3, 6)), load_benchmark(bench))
+    assert (run.alpha, run.proposals, run.stages, run.futility) == (0.1, 4, (3, 6), (0.5,))
+    fixed = gate_config(RunConfig(benchmark=str(bench), seeds=7), load_benchmark(bench))
+    assert (fixed.stages, fixed.futility) == ((7,), ())
+    doc = tomlkit.parse((bench / "spec.toml").read_text())
+    doc["gate"] = {"stages": [1, 3]}
+    (bench / "spec.toml").write_text(tomlkit.dumps(doc))
+    with pytest.raises(BenchmarkError, match="stages"):
+        load_benchmark(bench)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 
@@ -269,6 +271,7 @@ def test_resolve_device_refuses_a_gpu_index_the_machine_lacks(monkeypatch):
 
     from autoresearch.envinfo import DeviceUnavailable, resolve_device
 
+    monkeypatch.setattr("autoresearch.envinfo.gpu_driver_present", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert resolve_device("cuda:1") == "cuda:1" and resolve_device("auto") == "cuda"
@@ -278,3 +281,15 @@ def test_resolve_device_refuses_a_gpu_index_the_machine_lacks(monkeypatch):
     assert resolve_device("auto") == "cpu"
     with pytest.raises(DeviceUnavailable, match="not available"):
         resolve_device("cuda")
+
+
+def test_no_gpu_driver_means_cpu_without_importing_torch():
+    """`auto` on a machine with no GPU kernel driver is the CPU, known without importing torch in
+    the host (about 2 s of every command); with a driver, torch decides."""
+    code = ("import sys, autoresearch.envinfo as e\n"
+            "e.gpu_driver_present = lambda: False\n"
+            "assert e.resolve_device('auto') == 'cpu' and e.resolve_device('cpu') == 'cpu'\n"
+            "assert e.device_description('cpu').startswith('cpu (')\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
