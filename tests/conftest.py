@@ -48,11 +48,15 @@ def fake_trials(monkeypatch):
     return fake
 
 
+# digits-mlp trains a seed in well under a second here: 8 s (plus the per-seed grace) is ample,
+# and an endless loop is killed within seconds.
+FAST_BUDGET = {"train_seconds": 8, "predict_seconds": 8, "grace_seconds": 5}
+
+
 @pytest.fixture(scope="session")
 def fast_bench(tmp_path_factory) -> Path:
     """digits-mlp with short wall-clock budgets so that timeouts are quick to reach."""
-    return copy_benchmark(tmp_path_factory.mktemp("bench") / "digits-fast", train_seconds=15, predict_seconds=15,
-                          grace_seconds=10)
+    return copy_benchmark(tmp_path_factory.mktemp("bench") / "digits-fast", **FAST_BUDGET)
 
 
 def proposal_line(title: str, edits: list[dict], hypothesis: str = "test") -> str:

@@ -99,7 +99,11 @@ def test_where_the_host_does_not_allow_it_the_sandbox_stays_root_and_says_so(tmp
     assert any("ran as root" in n for n in res.notes), res.notes
 
 
-def test_readability_check_follows_owner_group_and_other_bits(tmp_path):
+@pytest.mark.parametrize("lister", ["find", "walk"])
+def test_readability_check_follows_owner_group_and_other_bits(tmp_path, monkeypatch, lister):
+    """The same answers from find(1)'s list of suspects and from the Python walk it falls back to."""
+    if lister == "walk":
+        monkeypatch.setattr(isolation, "_not_world_readable", lambda root: None)
     uid = 4242  # neither owner nor group of what root creates here: the "other" bits decide
     tree = tmp_path / "tree"
     (tree / "sub").mkdir(parents=True)

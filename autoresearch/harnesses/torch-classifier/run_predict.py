@@ -74,7 +74,7 @@ def main() -> int:
 
     # Warm up before the orders come: the trusted side starts this phase while the seeds still
     # train, and hands over the orders (checkpoint offsets) once they have.
-    runtime.warm_up()
+    runtime.warm_up(optimizers=False)  # inference only: no optimizer is built here
     orders = runtime.read_orders()
 
     inputs_np = np.load(os.path.join(orders["data"], "inputs.npy"), allow_pickle=False)

@@ -304,10 +304,12 @@ def _send_all(out_fd: int, in_fd: int, offset: int, count: int) -> None:
         count -= sent
 
 
-def warm_up() -> None:
+def warm_up(*, optimizers: bool = True) -> None:
     """Run one tiny training step, save and load in the runner, on the CPU only (CUDA must not
     start before a fork): torch imports much of itself lazily on first use (optimizers, autograd,
-    serialisation), and done here it is done once for every seed instead of once per child."""
+    serialisation), and done here it is done once for every seed instead of once per child.
+    The first optimizer built imports torch._dynamo (about 2 s of CPU): the predict phase, which
+    never trains, leaves it out (``optimizers=False``) and does not spend that beside training."""
     import io
 
     import torch
@@ -316,7 +318,10 @@ def warm_up() -> None:
     # child that then asks for threads > 1 hangs in its first parallel op. Children set their own.
     torch.set_num_threads(1)
     net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
-    for make in (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), torch.optim.Adam, torch.optim.AdamW):
+    loss = torch.nn.functional.cross_entropy(net(torch.zeros(3, 4)), torch.zeros(3, dtype=torch.long))
+    loss.backward()
+    makers = (lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), torch.optim.Adam, torch.optim.AdamW)
+    for make in makers if optimizers else ():
         opt = make(net.parameters())
         loss = torch.nn.functional.cross_entropy(net(torch.zeros(3, 4)), torch.zeros(3, dtype=torch.long))
         opt.zero_grad()
