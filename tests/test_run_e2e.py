@@ -179,8 +179,9 @@ def test_failure_modes_with_real_trials(tmp_path, fast_bench):
     pfile = tmp_path / "proposals.jsonl"
     pfile.write_text("\n".join(line for _, line, _ in cases) + "\n")
     runs = tmp_path / "runs"
+    # One look of 2 seeds: each case ends at its first look (the comment is identical code, p = 1).
     cli("run", "--benchmark", str(fast_bench), "--proposals-file", str(pfile), "--runs-dir", str(runs), "--slots", "2",
-        "--no-verify", real=True)
+        "--seeds", "2", "--no-verify", real=True)
     run_dir = next(runs.iterdir())
     summary = json.loads(cli("show", str(run_dir), "--json", real=True).stdout)
     assert [p["reason"] for p in summary["proposals"]] == [reason for _, _, reason in cases]
