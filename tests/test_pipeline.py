@@ -311,3 +311,57 @@ def test_kill_with_proposals_in_flight_then_resume(tmp_path):
     assert outcome(run_dir) == reference
     db = sqlite3.connect(run_dir / "ledger.sqlite")
     assert [r[0] for r in db.execute("SELECT proposal_idx FROM llm_calls ORDER BY id")] == [1, 2, 3, 3, 3]
+
+
+def test_rebase_merges_what_only_one_side_touched_and_refuses_conflicts():
+    from autoresearch.rebase import StaleProposal, rebase
+
+    base = {"a.py": "x = 1\ny = 2\n\n\nz = 3\n", "b.py": "b = 1\n"}
+    theirs = {**base, "a.py": "x = 1\ny = 2\n\n\nz = 30\n"}  # the incumbent moved: z
+    # The draft changed another file, and another line of the same file: both kept.
+    files, merged = rebase(base, {**base, "b.py": "b = 2\n"}, theirs)
+    assert files == {**theirs, "b.py": "b = 2\n"} and merged == []
+    files, merged = rebase(base, {**base, "a.py": "x = 10\ny = 2\n\n\nz = 3\n"}, theirs)
+    assert files["a.py"] == "x = 10\ny = 2\n\n\nz = 30\n" and merged == ["a.py"]
+    # The same change on both sides is no conflict; a new file is added.
+    assert rebase(base, theirs, theirs)[0] == theirs
+    assert rebase(base, {**base, "c.py": "c\n"}, theirs)[0] == {**theirs, "c.py": "c\n"}
+    # Both changed z (a whole-file reply carrying the old file is the common case): stale, never merged blindly.
+    with pytest.raises(StaleProposal, match="a.py conflicts with #7"):
+        rebase(base, {**base, "a.py": "x = 1\ny = 2\n\n\nz = 4\n"}, theirs, moved_by="#7")
+
+
+def test_one_trial_per_key_when_two_threads_ask_at_once(tmp_path, monkeypatch):
+    """The judge and a speculative gate may want the incumbent's seeds at the same moment: the key
+    is trained once, the second thread waits for it and reads the same row."""
+    from autoresearch.config import RunConfig
+    from autoresearch.engine import RunEngine
+    from autoresearch.sandbox.executors import LocalExecutor
+
+    started, release, seen = threading.Event(), threading.Event(), []
+    fake = FakeExecutor()
+
+    def trial_fn(req):
+        seen.append(req.seeds)
+        started.set()
+        assert release.wait(20)
+        return fake.run(req)
+
+    monkeypatch.setenv("AUTORESEARCH_RUN_SECRET", SECRET)
+    config = RunConfig(benchmark="digits-mlp", runs_dir=tmp_path, proposals=1, verify=False, slots=2,
+                       isolation="none", device="cpu")
+    engine = RunEngine.create(config, executor=LocalExecutor(2, trial_fn=trial_fn))
+    _, files = engine.incumbent
+    seeds = engine.gate_seeds[:2]
+    results = {}
+    first = threading.Thread(target=lambda: results.setdefault("a", engine.run_trials(files, seeds, role="incumbent")))
+    first.start()
+    assert started.wait(20)
+    second = threading.Thread(target=lambda: results.setdefault("b", engine.run_trials(files, seeds, role="incumbent")))
+    second.start()
+    release.set()
+    first.join(30)
+    second.join(30)
+    assert sorted(s for batch in seen for s in batch) == sorted(seeds)  # each seed trained once
+    assert [t.test_metric for t in results["a"]] == [t.test_metric for t in results["b"]]
+    assert all(t.cached for t in results["b"]) and len(engine.ledger.trials(engine.run_id)) == 2
