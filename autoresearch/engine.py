@@ -253,6 +253,9 @@ class RunEngine:
             if record is not None:
                 record.diff = unified_diff(base, drafted)  # what was proposed, against what it was written for
             raise
+        if files == incumbent_files:  # as apply_proposal refuses edits that change nothing
+            raise StaleProposal(f"drafted against an older incumbent; after {moved_by} its change is already "
+                                "there: nothing left to judge")
         draft.update(rebased_onto=parent, merged=merged, moved_by=moved_by.removeprefix("the acceptance of "))
         return files
 

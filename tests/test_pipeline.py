@@ -365,3 +365,14 @@ def test_one_trial_per_key_when_two_threads_ask_at_once(tmp_path, monkeypatch):
     assert sorted(s for batch in seen for s in batch) == sorted(seeds)  # each seed trained once
     assert [t.test_metric for t in results["a"]] == [t.test_metric for t in results["b"]]
     assert all(t.cached for t in results["b"]) and len(engine.ledger.trials(engine.run_id)) == 2
+
+
+def test_a_draft_whose_change_an_acceptance_already_made_is_stale_not_judged(tmp_path, monkeypatch):
+    """#2 repeats #1's change, drafted before #1 was accepted: after the rebase nothing is left of it."""
+    from autoresearch.agent.loop import LLMSession, run_agent
+
+    engine = _agent_engine(tmp_path, monkeypatch, FakeExecutor().run, slots=1, pipeline=True, proposals=2)
+    run_agent(engine, LLMSession(client=FakeLLM([MOMENTUM_REPLY, MOMENTUM_REPLY])))
+    rows = engine.ledger.proposals(engine.run_id)
+    assert [r["reason"] for r in rows] == ["accepted", "stale"]
+    assert "already there" in rows[1]["detail"] and "#1" in rows[1]["detail"] and rows[1]["seeds_json"] is None
