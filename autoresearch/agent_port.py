@@ -5,6 +5,10 @@ which is handed a callable that runs code, ours is handed an ``AgentPort``: the 
 the task, the history it may see (validation figures only, never test), ``smoke`` and
 ``evaluate``, the LLM call log, the budget state and a progress line. ``EnginePort`` builds it from
 a ``RunEngine``; the agent's unit tests use a fake port with no engine, sandbox or ledger.
+
+With pipelining (autoresearch.pipeline) the agent drafts from ``view(upto)``, the incumbent and
+history as of one decision, and hands each draft to ``submit`` (the port's judge decides them in
+order) instead of ``evaluate``; ``drain`` waits for the judge to finish.
 """
 
 from __future__ import annotations
