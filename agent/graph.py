@@ -9,6 +9,11 @@ Nodes are plain functions returning partial state; routers return a ``Literal``.
 the run only through the port (autoresearch.agent_port): it never touches the sandbox, the ledger
 or git. A reply that still fails a check after its repair rounds is recorded with that reason and
 never trained. The run's ledger is the only memory, so ``resume`` needs no checkpoint of its own.
+
+Pipelining (settings.pipeline, autoresearch.pipeline): ``evaluate`` hands the proposal to the
+port's judge and returns at once, so the next proposal is drafted while this one is judged.
+``decide`` drafts proposal j from the view as of decision j - 1 - LAG (waiting for it if need be):
+what the agent sees depends on the index alone, never on which judgement happened to finish first.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from autoresearch.agent.prompts import build_messages, example_proposal, prompt_
 from autoresearch.agent.proposal import (EditFormat, Proposal, ProposalRejected, choose_edit_format,
                                          is_editable, whole_file_grammar)
 from autoresearch.agent_port import AgentPort, PastProposal, Round
+from autoresearch.pipeline import LAG
 
 
 class AgentState(TypedDict, total=False):
@@ -37,6 +43,8 @@ class AgentState(TypedDict, total=False):
     parsed: Any                   # what evaluate records: a Proposal, or the ProposalRejected
     retry: bool                   # a check asks propose for a repaired reply
     stop: str                     # why the loop ended
+    drafted_on: str | None        # pipelining: the incumbent commit ``files`` is
+    seen_upto: int | None         # pipelining: the last decision ``history`` holds
 
 
 @dataclass
@@ -46,6 +54,7 @@ class AgentContext:
     edit_format: EditFormat = "search-replace"
     prompt_hash: str = field(default_factory=prompt_hash)
     rounds: int = 0               # repair rounds asked in this session
+    submitted: int = 0            # pipelining: the highest index handed to the judge in this session
 
 
 def _check(ctx: AgentContext, state: AgentState) -> tuple[Proposal, dict[str, str]]:
@@ -73,22 +82,37 @@ def build_graph(ctx: AgentContext):
 
     def decide(state: AgentState) -> AgentState:
         fresh = {"messages": [], "attempt": 0, "raw": "", "proposal": None, "new_files": {}, "parsed": None,
-                 "retry": False, "stop": "", "files": port.incumbent(), "history": port.history()}
-        pending = port.pending()
+                 "retry": False, "stop": "", "drafted_on": None, "seen_upto": None}
+        pending = port.pending(ctx.submitted) if settings.pipeline else port.pending()
         if pending is not None:
-            # Killed after the reply was stored: evaluate it again without a new LLM call.
-            state = {**fresh, "idx": pending.idx, "raw": pending.raw}
+            # Killed after the reply was stored: evaluate it again without a new LLM call, checked
+            # against what it was drafted from (drafted ahead: an incumbent that may have moved since).
+            if settings.pipeline and pending.drafted_on:
+                seen = pending.seen_upto or 0
+                view = {"files": port.files_at(pending.drafted_on),
+                        "history": [p for p in port.history() if p.idx <= seen],
+                        "drafted_on": pending.drafted_on, "seen_upto": seen}
+            else:
+                view = {"files": port.incumbent(), "history": port.history()}
+            state = {**fresh, **view, "idx": pending.idx, "raw": pending.raw}
             return {**state, "parsed": verdict_without_llm(ctx, state)}
         b = port.budget()
+        idx = port.next_index()
         stop = ""
-        if b.decided >= settings.proposals:
-            stop = f"proposal budget reached ({b.decided} of {settings.proposals})"
+        if max(b.decided, idx - 1) >= settings.proposals:
+            stop = f"proposal budget reached ({max(b.decided, idx - 1)} of {settings.proposals})"
         elif settings.max_llm_cost is not None and b.cost_usd >= settings.max_llm_cost:
             stop = f"LLM cost budget reached (~${b.cost_usd:.4f} of ${settings.max_llm_cost:.4f}); stopped early"
         elif settings.time_budget is not None and b.elapsed_seconds >= settings.time_budget:
             stop = (f"time budget of {settings.time_budget:g}s reached ({b.elapsed_seconds:.0f}s over all "
                     "sessions); stopped early")
-        return {**fresh, "idx": port.next_index(), "stop": stop}
+        if stop:
+            return {**fresh, "idx": idx, "stop": stop}
+        if settings.pipeline:
+            view = port.view(max(0, idx - 1 - LAG))  # waits for that decision, never for a later one
+            return {**fresh, "idx": idx, "files": view.files, "history": view.history,
+                    "drafted_on": view.commit, "seen_upto": view.upto}
+        return {**fresh, "idx": idx, "files": port.incumbent(), "history": port.history()}
 
     def propose(state: AgentState) -> AgentState:
         idx, attempt = state["idx"], state.get("attempt", 0) + 1
@@ -138,13 +162,18 @@ def build_graph(ctx: AgentContext):
         return {"parsed": state["proposal"], "retry": False}
 
     def evaluate(state: AgentState) -> AgentState:
-        port.evaluate(state["idx"], state["raw"], state["parsed"], prompt_hash=ctx.prompt_hash)
+        if settings.pipeline:
+            port.submit(state["idx"], state["raw"], state["parsed"], prompt_hash=ctx.prompt_hash,
+                        drafted_on=state["drafted_on"], seen_upto=state["seen_upto"])
+            ctx.submitted = state["idx"]
+        else:
+            port.evaluate(state["idx"], state["raw"], state["parsed"], prompt_hash=ctx.prompt_hash)
         return {}
 
     def record(state: AgentState) -> AgentState:
         totals = port.llm_totals(state["idx"])
-        port.stage(f"proposal {state['idx']} recorded ({totals['calls']} LLM call(s), "
-                   f"{totals['prompt_tokens'] + totals['completion_tokens']} tokens)")
+        port.stage(f"proposal {state['idx']} " + ("handed to the judge" if settings.pipeline else "recorded") +
+                   f" ({totals['calls']} LLM call(s), {totals['prompt_tokens'] + totals['completion_tokens']} tokens)")
         return {"messages": [], "attempt": 0, "parsed": None}
 
     def after_decide(state: AgentState) -> Literal["propose", "evaluate", "__end__"]:
@@ -205,7 +234,11 @@ def run_agent(port_or_engine, session: LLMSession) -> dict:
     port.stage(f"edit format: {ctx.edit_format}")
     settings = port.settings
     steps = 10 + (settings.proposals + 1) * (3 * (settings.repair_rounds + 1) + 4)
-    final = build_graph(ctx).invoke({}, {"recursion_limit": steps})
+    try:
+        final = build_graph(ctx).invoke({}, {"recursion_limit": steps})
+    finally:
+        if settings.pipeline:
+            port.drain()  # every proposal handed to the judge is decided and recorded (or its error raised)
     b = port.budget()
     totals = port.llm_totals()
     history = port.history()

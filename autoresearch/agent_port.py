@@ -5,6 +5,10 @@ which is handed a callable that runs code, ours is handed an ``AgentPort``: the 
 the task, the history it may see (validation figures only, never test), ``smoke`` and
 ``evaluate``, the LLM call log, the budget state and a progress line. ``EnginePort`` builds it from
 a ``RunEngine``; the agent's unit tests use a fake port with no engine, sandbox or ledger.
+
+With pipelining (autoresearch.pipeline) the agent drafts from ``view(upto)``, the incumbent and
+history as of one decision, and hands each draft to ``submit`` (the port's judge decides them in
+order) instead of ``evaluate``; ``drain`` waits for the judge to finish.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ class AgentSettings:
     edit_format: str = "auto"     # auto | whole-file | search-replace
     max_llm_cost: float | None = None
     time_budget: float | None = None  # seconds over all sessions of the run
+    pipeline: bool = False        # draft ahead: proposal j sees decisions up to j - 1 - LAG (autoresearch.pipeline)
 
 
 @dataclass(frozen=True)
@@ -71,10 +76,24 @@ class BudgetState:
 
 @dataclass(frozen=True)
 class Pending:
-    """A proposal whose reply was stored before the run was killed: evaluated again, no new call."""
+    """A proposal whose reply was stored before the run was killed: evaluated again, no new call.
+    Drafted ahead (pipelining): the incumbent it was written against and the last decision it saw."""
 
     idx: int
     raw: str
+    drafted_on: str | None = None
+    seen_upto: int | None = None
+
+
+@dataclass(frozen=True)
+class DraftView:
+    """What the agent drafts a proposal from when drafting ahead: the incumbent and the history as
+    of one decision (``upto``), whatever has been decided since."""
+
+    upto: int
+    commit: str
+    files: dict[str, str]
+    history: list[PastProposal]
 
 
 @dataclass(frozen=True)
@@ -97,11 +116,33 @@ class AgentPort(Protocol):
     def change_hash(self, files: dict[str, str]) -> str: ...
     def ensure_baseline(self) -> None: ...
     def history(self) -> list[PastProposal]: ...
-    def pending(self) -> Pending | None: ...
+    def pending(self, after: int = 0) -> Pending | None: ...
     def next_index(self) -> int: ...
     def budget(self) -> BudgetState: ...
     def smoke(self, files: dict[str, str]) -> "SmokeResult": ...
     def evaluate(self, idx: int, raw: str, parsed: "Proposal | ProposalRejected", *, prompt_hash: str) -> str: ...
+    # Pipelining only (settings.pipeline): the view as of a decision, handing a draft to the judge, draining it.
+    def view(self, upto: int) -> DraftView: ...
+    def files_at(self, commit: str) -> dict[str, str]: ...
+    def submit(self, idx: int, raw: str, parsed: "Proposal | ProposalRejected", *, prompt_hash: str,
+               drafted_on: str, seen_upto: int) -> None: ...
+    def drain(self) -> None: ...
+    def submit(self, idx: int, raw: str, parsed, *, prompt_hash: str, drafted_on: str, seen_upto: int) -> None:
+        """Hand a drafted proposal to the judge: stored at once, decided in order (autoresearch.pipeline)."""
+        from autoresearch.pipeline import LAG, Job, Judge
+
+        if self._judge is None:
+            # LAG + 1 undecided at most: the one judged and the ones drafted past it.
+            self._judge = Judge(self.engine, limit=LAG + 1, speculate=self.engine.config.slots - 1)
+        self._judge.submit(Job(idx=idx, raw=raw, parsed=parsed, source="llm", prompt_hash=prompt_hash,
+                               drafted_on=drafted_on, seen_upto=seen_upto))
+
+    def drain(self) -> None:
+        """Wait until every submitted proposal is decided and recorded."""
+        if self._judge is not None:
+            judge, self._judge = self._judge, None
+            judge.close()
+
     def log_llm_call(self, idx: int, attempt: int, **fields) -> None: ...
     def llm_totals(self, idx: int | None = None) -> dict: ...
     def note_round(self, entry: Round) -> None: ...
@@ -137,7 +178,8 @@ class EnginePort:
         self.settings = AgentSettings(idea=config.idea or "", proposals=config.proposals,
                                       repair_rounds=config.parse_retries,
                                       edit_format=edit_format or getattr(config, "edit_format", "auto"),
-                                      max_llm_cost=config.max_llm_cost, time_budget=config.time_budget)
+                                      max_llm_cost=config.max_llm_cost, time_budget=config.time_budget,
+                                      pipeline=engine.pipelining)
         b = spec.budget
         self.task = Task(benchmark=f"{spec.name} v{spec.version}", description=" ".join(spec.description.split()),
                          editable=tuple(spec.editable),
@@ -148,6 +190,7 @@ class EnginePort:
         row = engine.ledger.run(engine.run_id) or {}
         self._earlier_seconds = float(row.get("active_seconds") or 0.0)  # earlier sessions of this run
         self._described: dict[int, PastProposal] = {}
+        self._judge = None  # the pipeline's judge (autoresearch.pipeline), made by the first submit
 
     # ------------------------------------------------------------------ reading
 
@@ -188,9 +231,32 @@ class EnginePort:
             out.append(item)
         return out
 
-    def pending(self) -> Pending | None:
-        row = next((r for r in self.engine.ledger.proposals(self.engine.run_id) if r["state"] != "finished"), None)
-        return Pending(idx=row["idx"], raw=row["raw"]) if row is not None else None
+    def pending(self, after: int = 0) -> Pending | None:
+        """The first stored, unfinished proposal after index ``after`` (those up to it are in flight)."""
+        row = next((r for r in self.engine.ledger.proposals(self.engine.run_id)
+                    if r["state"] != "finished" and r["idx"] > after), None)
+        if row is None:
+            return None
+        draft = json.loads(row["draft_json"]) if row.get("draft_json") else {}
+        return Pending(idx=row["idx"], raw=row["raw"], drafted_on=draft.get("drafted_on"),
+                       seen_upto=draft.get("seen_upto"))
+
+    def view(self, upto: int) -> DraftView:
+        """The incumbent and history as of decision ``upto`` (waits until it and all before are
+        decided): the last accepted proposal up to it, else the baseline."""
+        engine = self.engine
+        if self._judge is not None:
+            self._judge.wait_decided(upto)
+        rows = [r for r in engine.ledger.proposals(engine.run_id) if r["idx"] <= upto]
+        if any(r["state"] != "finished" for r in rows):
+            raise RuntimeError(f"decision {upto} is not recorded yet; the agent cannot draft from it")
+        accepted = [r for r in rows if r["decision"] == "accepted" and r["commit_sha"]]
+        commit = accepted[-1]["commit_sha"] if accepted else engine.repo.baseline
+        return DraftView(upto=upto, commit=commit, files=engine.repo.files_at(commit),
+                         history=[p for p in self.history() if p.idx <= upto])
+
+    def files_at(self, commit: str) -> dict[str, str]:
+        return self.engine.repo.files_at(commit)
 
     def next_index(self) -> int:
         return self.engine.next_index()
@@ -215,6 +281,22 @@ class EnginePort:
     def evaluate(self, idx: int, raw: str, parsed, *, prompt_hash: str) -> str:
         record = self.engine.evaluate(idx, raw, parsed, source="llm", prompt_hash=prompt_hash)
         return record.reason
+
+    def submit(self, idx: int, raw: str, parsed, *, prompt_hash: str, drafted_on: str, seen_upto: int) -> None:
+        """Hand a drafted proposal to the judge: stored at once, decided in order (autoresearch.pipeline)."""
+        from autoresearch.pipeline import LAG, Job, Judge
+
+        if self._judge is None:
+            # LAG + 1 undecided at most: the one judged and the ones drafted past it.
+            self._judge = Judge(self.engine, limit=LAG + 1, speculate=self.engine.config.slots - 1)
+        self._judge.submit(Job(idx=idx, raw=raw, parsed=parsed, source="llm", prompt_hash=prompt_hash,
+                               drafted_on=drafted_on, seen_upto=seen_upto))
+
+    def drain(self) -> None:
+        """Wait until every submitted proposal is decided and recorded."""
+        if self._judge is not None:
+            judge, self._judge = self._judge, None
+            judge.close()
 
     def log_llm_call(self, idx: int, attempt: int, **fields) -> None:
         self.engine.ledger.log_llm_call(run_id=self.engine.run_id, proposal_idx=idx, attempt=attempt, **fields)

@@ -165,6 +165,11 @@ RUNS_DIR = click.option("--runs-dir", type=click.Path(path_type=Path), default=P
               help="Deprecated, does nothing: the gate's first look replaced the one-seed screen.")
 @click.option("--no-verify", is_flag=True, help="Skip re-running the accepted chain on fresh seeds at the end.")
 @click.option("--slots", type=click.IntRange(1, 64), default=1, show_default=True, help="Trials run in parallel.")
+@click.option("--pipeline/--no-pipeline", default=None,
+              help="Overlap proposals: the agent drafts the next one while one is judged, and with N slots up to "
+                   "N proposals are in flight; decisions stay sequential, in order, each against the incumbent of "
+                   "its turn. Default: on with --proposals-file (it cannot change a decision), off with --idea "
+                   "(the agent would draft each proposal one decision earlier).")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option("--ray-address", default=None, help="Ray cluster address (default: start a local one on 127.0.0.1).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -186,8 +191,8 @@ RUNS_DIR = click.option("--runs-dir", type=click.Path(path_type=Path), default=P
 @click.option("--time-budget", type=float, default=None, help="Stop starting proposals after this many seconds of work (summed over resumes).")
 @RUNS_DIR
 @_guard
-def run(benchmark, idea, proposals_file, proposals, stages, seeds, alpha, min_delta, no_screen, no_verify, slots, executor,
-        ray_address, device, isolation, require_isolation, llm_base_url, model, gguf, edit_format, max_llm_cost,
+def run(benchmark, idea, proposals_file, proposals, stages, seeds, alpha, min_delta, no_screen, no_verify, slots, pipeline,
+        executor, ray_address, device, isolation, require_isolation, llm_base_url, model, gguf, edit_format, max_llm_cost,
         time_budget, runs_dir):
     """Start a run: propose (from an idea or a file), gate, record and report."""
     from autoresearch.config import RunConfig
@@ -222,7 +227,9 @@ def run(benchmark, idea, proposals_file, proposals, stages, seeds, alpha, min_de
     config = RunConfig(benchmark=benchmark, runs_dir=runs_dir, idea=idea,
                        proposals=proposals or (len(lines) if lines else 8), stages=stages, seeds=seeds, alpha=alpha,
                        min_delta=min_delta, verify=not no_verify, slots=slots,
-                       executor=executor, ray_address=ray_address, device=device, isolation=isolation,
+                       # Resolved here so that the run's config.json records what was used.
+                       pipeline=(not idea) if pipeline is None else pipeline, executor=executor,
+                       ray_address=ray_address, device=device, isolation=isolation,
                        llm_base_url=llm_base_url, model=model, gguf=gguf, edit_format=edit_format,
                        max_llm_cost=max_llm_cost,
                        time_budget=time_budget)

@@ -23,6 +23,11 @@ class RunConfig(BaseModel):
     min_delta: float | None = Field(default=None, description="smallest improvement worth accepting")
     verify: bool = Field(default=True, description="re-run the accepted chain on fresh seeds at the end")
     slots: int = Field(default=1, ge=1, le=64, description="trials run in parallel")
+    pipeline: bool | None = Field(
+        default=None, description="proposals overlap: the agent drafts the next while one is judged, and "
+        "with N slots up to N are in flight, judged in order (autoresearch.pipeline). None: on for a "
+        "proposals file, where it cannot change a decision; off for the agent, where drafting ahead "
+        "changes what the agent has seen")
     executor: Literal["local", "ray"] = "local"
     ray_address: str | None = None
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda|cuda:\d+)$", description="auto, cpu, cuda or cuda:N")

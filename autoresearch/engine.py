@@ -12,6 +12,7 @@ here is deciding a proposal: apply it, run the gate's looks with the integrity c
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from autoresearch.ledger import LedgerError, dumps
 # NOT_APPLIED, SmokeResult live in the modules named for their jobs.
 from autoresearch.outcomes import Events, ProposalRecord, TrialRecord, files_hash, unified_diff
 from autoresearch.reasons import NOT_APPLIED, ProposalRejected, Reason
+from autoresearch.rebase import StaleProposal, rebase
 from autoresearch.recording import finish_minimal, finish_proposal, internal_error, load_record, write_run_summary
 from autoresearch.run_setup import RunParts, create_run, open_run
 from autoresearch.sandbox.executors import Executor, LocalExecutor
@@ -82,6 +84,15 @@ class RunEngine:
     def events(self, events: Events) -> None:
         self.trials.events = events
 
+    @property
+    def pipelining(self) -> bool:
+        """Whether proposals overlap (autoresearch.pipeline): the config's choice, else on for a
+        proposals file (it cannot change a decision) and off for the agent (drafting ahead changes
+        what the agent has seen when it writes a proposal)."""
+        if self.config.pipeline is not None:
+            return self.config.pipeline
+        return not self.config.idea
+
     # ------------------------------------------------------------------ trials
 
     def workspace(self, files: dict[str, str], name: str) -> Path:
@@ -123,16 +134,38 @@ class RunEngine:
                                f"{bad[0].summary.get('log_tail', '')[-2000:]}")
         return trials
 
+    def store_pending(self, idx: int, raw: str, parsed: Proposal | ProposalRejected, *, source: str,
+                      prompt_hash: str | None = None, drafted_on: str | None = None,
+                      seen_upto: int | None = None) -> None:
+        """Record a proposal handed to the pipeline before it is judged: its reply is in the ledger at
+        once (a kill loses no LLM call), its parent is set only when it is judged."""
+        self.ledger.add_proposal(run_id=self.run_id, idx=idx, source=source, title=_title(idx, parsed),
+                                 hypothesis=parsed.hypothesis if isinstance(parsed, Proposal) else "", raw=raw,
+                                 edits_json=dumps(parsed.to_dict()) if isinstance(parsed, Proposal) else None,
+                                 parent_commit=None, prompt_hash=prompt_hash,
+                                 draft_json=dumps({"drafted_on": drafted_on, "seen_upto": seen_upto})
+                                 if drafted_on else None)
+
     def evaluate(self, idx: int, raw: str, parsed: Proposal | ProposalRejected, *, source: str,
-                 prompt_hash: str | None = None) -> ProposalRecord:
-        """Decide and record proposal ``idx`` (resumable: a finished one is returned from the ledger)."""
+                 prompt_hash: str | None = None, drafted_on: str | None = None,
+                 seen_upto: int | None = None) -> ProposalRecord:
+        """Decide and record proposal ``idx`` (resumable: a finished one is returned from the ledger),
+        against the incumbent of this moment. ``drafted_on``: the incumbent commit the agent drafted
+        it against when that may be older (pipelining): its change is then rebased onto the incumbent
+        of this moment, or it ends ``stale`` (autoresearch.rebase); ``seen_upto``: the last decision
+        the agent had seen (recorded)."""
         existing = self.ledger.proposal(self.run_id, idx)
         if existing is not None and existing["state"] == "finished":
             return self.load_record(existing)
         started = time.monotonic()
-        title = parsed.title if isinstance(parsed, Proposal) else f"invalid proposal #{idx}"
+        title = _title(idx, parsed)
         hypothesis = parsed.hypothesis if isinstance(parsed, Proposal) else ""
         parent, incumbent_files = self.incumbent
+        draft = json.loads(existing["draft_json"]) if existing is not None and existing.get("draft_json") else {}
+        drafted_on = drafted_on or draft.get("drafted_on")
+        if drafted_on:
+            draft = {**draft, "drafted_on": drafted_on, "seen_upto": seen_upto if seen_upto is not None
+                     else draft.get("seen_upto")}
         if existing is not None and existing["state"] == "decided" and existing["parent_commit"]:
             # Decided before a crash: finish against the parent it was decided on (the accepted
             # branch may already have moved to this very proposal).
@@ -143,7 +176,11 @@ class RunEngine:
                               f"accepted tip is now {parent[:10]}: the ledger and git repo disagree")
         self.ledger.add_proposal(run_id=self.run_id, idx=idx, source=source, title=title, hypothesis=hypothesis,
                                  raw=raw, edits_json=dumps(parsed.to_dict()) if isinstance(parsed, Proposal) else None,
-                                 parent_commit=parent, prompt_hash=prompt_hash)
+                                 parent_commit=parent, prompt_hash=prompt_hash,
+                                 draft_json=dumps(draft) if draft else None)
+        if existing is not None and not existing["parent_commit"]:
+            # Handed to the pipeline ahead of its turn (store_pending): judged now, against this incumbent.
+            self.ledger.update_proposal(self.run_id, idx, parent_commit=parent)
         self.events.proposal_started(idx, title)
         record = ProposalRecord(idx=idx, title=title, hypothesis=hypothesis, decision="rejected", reason="",
                                 detail="")
@@ -152,7 +189,7 @@ class RunEngine:
             record = self.load_record(existing)
             if existing["edits_json"] and existing["reason"] not in NOT_APPLIED:
                 try:
-                    new_files = apply_proposal(incumbent_files, parsed, self.bench.spec.editable)  # type: ignore[arg-type]
+                    new_files = self._candidate_files(parsed, parent, incumbent_files, drafted_on, record, {})  # type: ignore[arg-type]
                 except Exception as exc:  # recorded already; only its commit is missing
                     _reraise_storage(exc)
                     new_files = None
@@ -161,7 +198,7 @@ class RunEngine:
                 record.reason, record.detail = parsed.reason, str(parsed)
             else:
                 try:
-                    new_files = apply_proposal(incumbent_files, parsed, self.bench.spec.editable)
+                    new_files = self._candidate_files(parsed, parent, incumbent_files, drafted_on, record, draft)
                     record.diff = unified_diff(incumbent_files, new_files)
                     check_change(incumbent_files, new_files)  # static tamper check: ends `tampered`
                     if parsed.precheck is not None:  # the agent's checks found it cannot run: never trained
@@ -176,11 +213,13 @@ class RunEngine:
                     record.decision, record.gate = "rejected", None
                     record.reason, record.detail = Reason.CRASH, internal_error("judging this proposal", exc)
             record.wall_seconds = time.monotonic() - started
+            seeds = [t.seed for t in record.candidate_trials]
             self.ledger.update_proposal(
                 self.run_id, idx, state="decided", decision=record.decision, reason=record.reason,
                 detail=record.detail, diff=record.diff, change_hash=files_hash(new_files) if new_files else None,
                 gate_json=dumps(record.gate.to_dict()) if record.gate else None, decided_at=time.time(),
-                wall_seconds=record.wall_seconds, integrity_json=dumps(record.integrity) if record.integrity else None)
+                wall_seconds=record.wall_seconds, integrity_json=dumps(record.integrity) if record.integrity else None,
+                seeds_json=dumps(seeds) if seeds else None, draft_json=dumps(draft) if draft else None)
         try:
             self._finish_proposal(record, parent, new_files)
         except Exception as exc:
@@ -194,11 +233,61 @@ class RunEngine:
             pass
         return record
 
-    def _gate(self, record: ProposalRecord, incumbent_files: dict[str, str], new_files: dict[str, str]) -> None:
+    def _candidate_files(self, parsed: Proposal, parent: str, incumbent_files: dict[str, str],
+                         drafted_on: str | None, record: ProposalRecord | None, draft: dict) -> dict[str, str]:
+        """The files a proposal is judged on: its edits applied to the incumbent of this moment, or,
+        for a draft written against an older incumbent, its change rebased onto this one (a
+        conflict raises StaleProposal with the draft's own diff in ``record``; ``draft`` notes it)."""
+        editable = self.bench.spec.editable
+        if not drafted_on or drafted_on == parent:
+            return apply_proposal(incumbent_files, parsed, editable)
+        base = self.repo.files_at(drafted_on)
+        drafted = apply_proposal(base, parsed, editable)
+        chain = self.repo.accepted_chain()
+        later = chain[chain.index(drafted_on) + 1:] if drafted_on in chain else chain
+        by_commit = {r["commit_sha"]: r["idx"] for r in self.ledger.proposals(self.run_id) if r["commit_sha"]}
+        moved_by = "the acceptance of " + ", ".join(f"#{by_commit.get(c, c[:10])}" for c in later)
+        try:
+            files, merged = rebase(base, drafted, incumbent_files, moved_by=moved_by)
+        except StaleProposal:
+            if record is not None:
+                record.diff = unified_diff(base, drafted)  # what was proposed, against what it was written for
+            raise
+        if files == incumbent_files:  # as apply_proposal refuses edits that change nothing
+            raise StaleProposal(f"drafted against an older incumbent; after {moved_by} its change is already "
+                                "there: nothing left to judge")
+        draft.update(rebased_onto=parent, merged=merged, moved_by=moved_by.removeprefix("the acceptance of "))
+        return files
+
+    def speculate(self, idx: int, parsed: Proposal | ProposalRejected, *, drafted_on: str | None = None,
+                  keep_going=lambda: True) -> None:
+        """Train, ahead of its turn, what judging ``idx`` will need if the incumbent does not move
+        before then: the gate's looks against the incumbent of this moment (autoresearch.pipeline).
+        It decides and records nothing but trials, which the judge then finds in the trial cache; it
+        stops at the next look once the incumbent has moved. Whatever goes wrong here is left for
+        the judge to meet and record."""
+        if not isinstance(parsed, Proposal) or parsed.precheck is not None:
+            return
+        parent, incumbent_files = self.incumbent
+        try:
+            new_files = self._candidate_files(parsed, parent, incumbent_files, drafted_on, None, {})
+            check_change(incumbent_files, new_files)
+            scratch = ProposalRecord(idx=idx, title="", hypothesis="", decision="rejected", reason="", detail="")
+            self._gate(scratch, incumbent_files, new_files,
+                       keep_going=lambda: keep_going() and self.repo.accepted_tip == parent)
+        except Exception as exc:  # the judge meets the same problem in turn and records it
+            self.events.stage(f"note: speculative trials of proposal {idx} stopped ({type(exc).__name__}: "
+                              f"{str(exc)[:120]}); it is judged in turn")
+
+    def _gate(self, record: ProposalRecord, incumbent_files: dict[str, str], new_files: dict[str, str], *,
+              keep_going=lambda: True) -> None:
         """The sequential gate (autoresearch.gate): at each look, the first stages[i] gate seeds of both
         arms (trials of earlier looks and the incumbent's are cached), failure and integrity checks,
-        then one decide_stage; the first look that accepts or rejects ends it."""
+        then one decide_stage; the first look that accepts or rejects ends it. ``keep_going``: asked
+        before each look (a speculative gate stops when the incumbent moves; a judge's never does)."""
         for stage, count in enumerate(self.gate.stages):
+            if not keep_going():
+                return
             seeds = self.gate_seeds[:count]
             record.incumbent_trials = self._incumbent_trials(incumbent_files, seeds)
             cand = self.run_trials(new_files, seeds, role="candidate", proposal_idx=record.idx)
@@ -281,6 +370,10 @@ class RunEngine:
         return headline
 
 
+def _title(idx: int, parsed: Proposal | ProposalRejected) -> str:
+    return parsed.title if isinstance(parsed, Proposal) else f"invalid proposal #{idx}"
+
+
 class _DataMismatchRejection(ProposalRejected):
     reason = Reason.DATA_MISMATCH
 
@@ -303,15 +396,29 @@ def read_proposal_lines(text: str) -> list[str]:
 
 
 def run_proposal_lines(engine: RunEngine, lines: list[str]) -> list[ProposalRecord]:
-    """Evaluate each line in order; a malformed line is a rejected proposal and the run goes on."""
+    """Evaluate each line in order; a malformed line is a rejected proposal and the run goes on.
+    With pipelining (the default for a file: it cannot change a decision, autoresearch.pipeline)
+    up to ``slots`` proposals are in flight, judged in order by one judge."""
     from autoresearch.agent.proposal import InvalidProposal, parse_proposal_json
+    from autoresearch.pipeline import Job, Judge
 
     engine.ensure_baseline()
-    records = []
-    for idx, line in enumerate(lines, start=1):
+    parsed: list[Proposal | ProposalRejected] = []
+    for line in lines:
         try:
-            parsed: Proposal | ProposalRejected = parse_proposal_json(line)
+            parsed.append(parse_proposal_json(line))
         except InvalidProposal as exc:
-            parsed = exc
-        records.append(engine.evaluate(idx, line, parsed, source="file"))
-    return records
+            parsed.append(exc)
+    if not engine.pipelining:
+        return [engine.evaluate(idx, line, p, source="file") for idx, (line, p) in enumerate(zip(lines, parsed), 1)]
+    slots = engine.config.slots
+    judge = Judge(engine, limit=slots, speculate=slots - 1)
+    try:
+        for idx, (line, p) in enumerate(zip(lines, parsed), start=1):
+            row = engine.ledger.proposal(engine.run_id, idx)
+            if row is not None and row["state"] == "finished":
+                continue  # a resumed run: decided before the kill
+            judge.submit(Job(idx=idx, raw=line, parsed=p, source="file"))
+    finally:
+        judge.close()
+    return engine.records()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,13 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("004_drop_screen_json", """
         ALTER TABLE proposals DROP COLUMN screen_json
     """),
+    # Pipelining (autoresearch.pipeline): the seeds a decision used (several code versions of one
+    # proposal may have trials: one drafted ahead and speculatively trained, one judged), and what
+    # a proposal drafted ahead was written against (commit, the decisions its author saw, a rebase).
+    ("005_pipeline_seeds_draft", """
+        ALTER TABLE proposals ADD COLUMN seeds_json TEXT;
+        ALTER TABLE proposals ADD COLUMN draft_json TEXT
+    """),
 ]
 
 
@@ -121,6 +129,9 @@ class Ledger:
             self.conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None,
                                         check_same_thread=False)
             self.conn.row_factory = sqlite3.Row
+            # One connection, several threads (the pipeline's judge, its speculative trials and the
+            # agent): every statement and transaction holds this lock, so none interleave.
+            self.lock = threading.RLock()
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=FULL")
             self.conn.execute("PRAGMA foreign_keys=ON")
@@ -173,13 +184,23 @@ class Ledger:
 
     def _write(self, sql: str, params: tuple | dict) -> None:
         try:
-            with self.transaction() as c:
+            with self.lock, self.transaction() as c:
                 c.execute(sql, params)
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot write to ledger {self.path}: {exc}") from None
 
+    def _all(self, sql: str, params: tuple = ()) -> list[dict]:
+        with self.lock:
+            return [dict(r) for r in self.conn.execute(sql, params)]
+
+    def _one(self, sql: str, params: tuple = ()) -> dict | None:
+        with self.lock:
+            row = self.conn.execute(sql, params).fetchone()
+        return dict(row) if row else None
+
     def close(self) -> None:
-        self.conn.close()
+        with self.lock:
+            self.conn.close()
 
     # ------------------------------------------------------------------ runs
 
@@ -193,14 +214,13 @@ class Ledger:
         self._write(f"UPDATE runs SET {sets} WHERE id = :_id", {**fields, "_id": run_id})
 
     def run(self, run_id: str) -> dict | None:
-        row = self.conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
-        return dict(row) if row else None
+        return self._one("SELECT * FROM runs WHERE id = ?", (run_id,))
 
     def only_run(self) -> dict:
-        row = self.conn.execute("SELECT * FROM runs ORDER BY created_at LIMIT 1").fetchone()
+        row = self._one("SELECT * FROM runs ORDER BY created_at LIMIT 1")
         if row is None:
             raise LedgerError(f"{self.path} holds no run")
-        return dict(row)
+        return row
 
     # ------------------------------------------------------------------ proposals
 
@@ -215,11 +235,10 @@ class Ledger:
                     {**fields, "_run": run_id, "_idx": idx})
 
     def proposal(self, run_id: str, idx: int) -> dict | None:
-        row = self.conn.execute("SELECT * FROM proposals WHERE run_id = ? AND idx = ?", (run_id, idx)).fetchone()
-        return dict(row) if row else None
+        return self._one("SELECT * FROM proposals WHERE run_id = ? AND idx = ?", (run_id, idx))
 
     def proposals(self, run_id: str) -> list[dict]:
-        return [dict(r) for r in self.conn.execute("SELECT * FROM proposals WHERE run_id = ? ORDER BY idx", (run_id,))]
+        return self._all("SELECT * FROM proposals WHERE run_id = ? ORDER BY idx", (run_id,))
 
     # ------------------------------------------------------------------ trials
 
@@ -228,11 +247,10 @@ class Ledger:
         self._insert("trials", fields, verb="INSERT OR REPLACE")
 
     def trial(self, run_id: str, cache_key: str) -> dict | None:
-        row = self.conn.execute("SELECT * FROM trials WHERE run_id = ? AND cache_key = ?", (run_id, cache_key)).fetchone()
-        return dict(row) if row else None
+        return self._one("SELECT * FROM trials WHERE run_id = ? AND cache_key = ?", (run_id, cache_key))
 
     def trials(self, run_id: str) -> list[dict]:
-        return [dict(r) for r in self.conn.execute("SELECT * FROM trials WHERE run_id = ? ORDER BY created_at", (run_id,))]
+        return self._all("SELECT * FROM trials WHERE run_id = ? ORDER BY created_at", (run_id,))
 
     # ------------------------------------------------------------------ LLM calls
 
@@ -241,7 +259,7 @@ class Ledger:
         self._insert("llm_calls", fields)
 
     def llm_calls(self, run_id: str) -> list[dict]:
-        return [dict(r) for r in self.conn.execute("SELECT * FROM llm_calls WHERE run_id = ? ORDER BY id", (run_id,))]
+        return self._all("SELECT * FROM llm_calls WHERE run_id = ? ORDER BY id", (run_id,))
 
     def llm_totals(self, run_id: str, proposal_idx: int | None = None) -> dict:
         q = ("SELECT COUNT(*) AS calls, COALESCE(SUM(prompt_tokens),0) AS prompt_tokens, "
@@ -251,7 +269,7 @@ class Ledger:
         if proposal_idx is not None:
             q += " AND proposal_idx = ?"
             params = (run_id, proposal_idx)
-        return dict(self.conn.execute(q, params).fetchone())
+        return self._one(q, params) or {}
 
 
 def dumps(obj: Any) -> str:

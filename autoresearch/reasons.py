@@ -17,6 +17,9 @@ class Reason(StrEnum):
     INVALID_PROPOSAL = "invalid_proposal"
     NOT_EDITABLE = "not_editable"
     APPLY_FAILED = "apply_failed"
+    # Drafted ahead (pipelining) against an incumbent that has moved since, and its change does not
+    # merge onto the new one: never judged on the old code (autoresearch.rebase).
+    STALE = "stale"
     # The agent's own checks before any trial (applied and recorded with its diff, never trained).
     STATIC_CHECK = "static_check"
     SMOKE_FAILED = "smoke_failed"
@@ -36,7 +39,7 @@ class Reason(StrEnum):
 
 
 # Reasons a proposal ends with before any code of it could be applied (no commit tree of its own).
-NOT_APPLIED = frozenset({Reason.INVALID_PROPOSAL, Reason.NOT_EDITABLE, Reason.APPLY_FAILED})
+NOT_APPLIED = frozenset({Reason.INVALID_PROPOSAL, Reason.NOT_EDITABLE, Reason.APPLY_FAILED, Reason.STALE})
 
 # Reasons whose detail the model may see: failures of the code itself. A gate's detail (not_better,
 # accepted, the integrity findings) holds test figures, which the agent never sees.

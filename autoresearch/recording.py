@@ -87,14 +87,21 @@ def finish_minimal(engine: "RunEngine", record: ProposalRecord, parent: str, exc
 
 
 def trials_for(engine: "RunEngine", record: ProposalRecord) -> tuple[list[TrialRecord], list[TrialRecord]]:
-    """A proposal's candidate trials and its incumbent's trials on the same seeds, from the ledger."""
-    rows = engine.ledger.trials(engine.run_id)
-    cand = [record_from_row(r, True) for r in rows if r["proposal_idx"] == record.idx]
-    cand.sort(key=lambda t: t.seed)
-    inc_hash = files_hash(engine.repo.files_at(engine.ledger.proposal(engine.run_id, record.idx)["parent_commit"]))
+    """The trials a proposal's decision used, from the ledger: the judged code's and its incumbent's,
+    on the seeds the gate took. Trials are found by code and seed, not by who ran them first: with
+    pipelining a speculative gate may have trained them, or trained another version of the same
+    proposal (drafted against an incumbent that then moved), which is not what was judged."""
+    row = engine.ledger.proposal(engine.run_id, record.idx)
+    rows = engine.ledger.trials(engine.run_id)  # oldest first: a later row of the same seed wins below
+    if row.get("seeds_json") and row["change_hash"]:
+        used = set(json.loads(row["seeds_json"]))
+        by_seed = {r["seed"]: r for r in rows if r["code_hash"] == row["change_hash"] and r["seed"] in used}
+    else:  # decided before the seeds were recorded (or never trained): the trials it ran itself
+        by_seed = {r["seed"]: r for r in rows if r["proposal_idx"] == record.idx}
+    cand = [record_from_row(by_seed[s], True) for s in sorted(by_seed)]
+    inc_hash = files_hash(engine.repo.files_at(row["parent_commit"]))
     used = {t.seed for t in cand}  # the looks the gate took: its incumbent trials on those seeds
-    inc = {r["seed"]: record_from_row(r, True) for r in rows
-           if r["code_hash"] == inc_hash and r["seed"] in used and r["role"] == "incumbent"}
+    inc = {r["seed"]: record_from_row(r, True) for r in rows if r["code_hash"] == inc_hash and r["seed"] in used}
     return cand, [inc[s] for s in sorted(inc)]
 
 

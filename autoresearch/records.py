@@ -8,9 +8,11 @@ leaves at worst an unreferenced object, and committing the same proposal again r
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 import git
@@ -32,10 +34,23 @@ def proposal_ref(idx: int) -> str:
     return f"refs/proposals/{idx:03d}"
 
 
+def _locked(method):
+    """GitPython's object database talks to one long-lived `git cat-file` process per repo: two
+    threads (the pipeline's judge and the agent reading the incumbent) must not interleave on it."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self.lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class RunRepo:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.repo = git.Repo(self.path)
+        self.lock = threading.RLock()
 
     @classmethod
     def create(cls, path: Path, files: dict[str, bytes], message: str) -> "RunRepo":
@@ -54,20 +69,25 @@ class RunRepo:
     # ------------------------------------------------------------------ reading
 
     @property
+    @_locked
     def baseline(self) -> str:
         return self.repo.tags[BASELINE_TAG].commit.hexsha
 
     @property
+    @_locked
     def accepted_tip(self) -> str:
         return self.repo.commit(ACCEPTED).hexsha
 
+    @_locked
     def files_at(self, sha: str) -> dict[str, str]:
         return tree_files(self.repo.commit(sha))
 
+    @_locked
     def accepted_chain(self) -> list[str]:
         """Accepted proposal commits, oldest first (the baseline excluded)."""
         return [c.hexsha for c in reversed(list(self.repo.iter_commits(f"{BASELINE_TAG}..{ACCEPTED}")))]
 
+    @_locked
     def ref_sha(self, ref: str) -> str | None:
         try:
             return self.repo.commit(ref).hexsha
@@ -98,6 +118,7 @@ class RunRepo:
             author=ACTOR, committer=ACTOR)
         return commit.hexsha
 
+    @_locked
     def commit_proposal(self, idx: int, parent: str, files: dict[str, str] | None, message: str) -> str:
         """One commit per proposal on refs/proposals/NNN (files None: an empty commit for a change
         that could not be applied). Idempotent: an existing ref is returned as it is."""
@@ -110,6 +131,7 @@ class RunRepo:
         git.Reference.create(self.repo, ref, sha, force=True)
         return sha
 
+    @_locked
     def advance_accepted(self, sha: str) -> None:
         """Fast-forward ``accepted`` to an accepted proposal whose parent is its tip."""
         commit = self.repo.commit(sha)
@@ -121,6 +143,7 @@ class RunRepo:
         git.Reference.create(self.repo, f"refs/heads/{ACCEPTED}", sha, force=True)
         self.repo.git.reset("--hard", ACCEPTED)
 
+    @_locked
     def retract_accepted(self, sha: str, parent: str) -> None:
         """Move ``accepted`` back from its tip ``sha`` to ``parent`` (a proposal that could not be
         recorded in full is not accepted after all)."""

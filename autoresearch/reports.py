@@ -236,6 +236,28 @@ def _agent_rounds(engine: "RunEngine", idx: int) -> str:
             f"(edit format {markdown_inline(fmt, 40)}; smoke runs {smoke_s:.1f}s)")
 
 
+def _draft_lines(row: dict) -> list[str]:
+    """What a proposal drafted ahead (pipelining) was written against, and whether it was rebased."""
+    try:
+        draft = json.loads(row.get("draft_json") or "{}")
+    except ValueError:
+        return []
+    if not isinstance(draft, dict) or not draft.get("drafted_on"):
+        return []
+    seen = draft.get("seen_upto")
+    line = (f"- drafted ahead (pipelining) against the incumbent `{draft['drafted_on']}`, with the decisions "
+            f"up to #{seen} in the agent's view" if seen else
+            f"- drafted ahead (pipelining) against the incumbent `{draft['drafted_on']}`, before any decision")
+    if draft.get("rebased_onto"):
+        merged = draft.get("merged") or []
+        line += (f"; the incumbent moved (accepted: {markdown_inline(str(draft.get('moved_by', '?')), 200)}), so its "
+                 f"change was rebased onto `{draft['rebased_onto']}` by a three-way merge ("
+                 + (f"merged within {', '.join(markdown_inline(p, 100) for p in merged)}" if merged else
+                    "no file changed on both sides") + "): the code judged is the rebased one shown below; the "
+                 "agent's checks and smoke run saw the drafted one")
+    return [line]
+
+
 def write_proposal_report(engine: "RunEngine", record: "ProposalRecord") -> Path:
     spec = engine.bench.spec
     row = engine.ledger.proposal(engine.run_id, record.idx) or {}
@@ -271,6 +293,7 @@ def write_proposal_report(engine: "RunEngine", record: "ProposalRecord") -> Path
         *([f"- agent: {rounds}"] if rounds else []),
         f"- parent (incumbent) commit: `{row.get('parent_commit', '-')}`; this proposal's commit: `{record.commit}` "
         f"(ref `refs/proposals/{record.idx:03d}`)",
+        *_draft_lines(row),
         "",
         "## The change",
         "",

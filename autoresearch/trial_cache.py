@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,20 +34,39 @@ class SmokeResult:
     error: str  # what went wrong, with the last lines of the log (empty when ok)
 
 
+_WORKSPACES = threading.Lock()
+
+
+def _holds(path: Path, files: dict[str, str]) -> bool:
+    """Whether the folder holds exactly these files (and nothing else)."""
+    try:
+        found = {str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+        return found == set(files) and all((path / rel).read_text() == text for rel, text in files.items())
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def materialise(run_dir: Path, files: dict[str, str], name: str) -> Path:
-    """Write a code version into run_dir/work/name, the folder its sandboxes mount read-only."""
+    """Write a code version into run_dir/work/name, the folder its sandboxes mount read-only.
+
+    Names are content-addressed, and with pipelining two threads may ask for the same code version
+    while a trial of it is running: a folder that already holds exactly these files is reused, never
+    rewritten under a running trial (rewritten only when it differs, e.g. after a kill mid-write)."""
     path = run_dir / "work" / name
-    if path.exists():
-        shutil.rmtree(path)
-    root = path.resolve()
-    for rel, text in files.items():
-        target = path / rel
-        # Defence in depth: paths come from apply_proposal or git, but never write outside.
-        if not rel or "\x00" in rel or root not in (path / rel).resolve().parents:
-            raise ValueError(f"refusing to write {rel!r} outside the workspace {path}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text)
-    return path
+    with _WORKSPACES:
+        if path.is_dir() and _holds(path, files):
+            return path
+        if path.exists():
+            shutil.rmtree(path)
+        root = path.resolve()
+        for rel, text in files.items():
+            target = path / rel
+            # Defence in depth: paths come from apply_proposal or git, but never write outside.
+            if not rel or "\x00" in rel or root not in (path / rel).resolve().parents:
+                raise ValueError(f"refusing to write {rel!r} outside the workspace {path}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+        return path
 
 
 def record_from_row(row: dict, cached: bool) -> TrialRecord:
@@ -69,6 +89,8 @@ class TrialCache:
         self.secret, self.device, self.isolation, self.torch_version = secret, device, isolation, torch_version
         self.executor, self.events = executor, events
         self.metric = Metric(bench.spec.metric.name, bench.spec.metric.direction)
+        self._claims = threading.Lock()  # guards _running: cache keys being trained now, by any thread
+        self._running: dict[str, threading.Event] = {}
 
     # ------------------------------------------------------------------ requests
 
@@ -187,51 +209,73 @@ class TrialCache:
 
     def run(self, files: dict[str, str], seeds: list[int], *, role: str,
             proposal_idx: int | None = None) -> list[TrialRecord]:
-        """Train+predict+score one code version on seeds, reusing every finished trial of the same key."""
+        """Train+predict+score one code version on seeds, reusing every finished trial of the same key.
+
+        Several threads may ask for the same trial at once (the pipeline's judge and a speculative
+        gate of the next proposal both need the incumbent's seeds): a key is trained by the first
+        thread that claims it; the others wait and read its row. One trial per key, ever."""
         code_hash = files_hash(files)
         keys = {seed: self.cache_key(code_hash, seed) for seed in seeds}
         results: dict[int, TrialRecord] = {}
-        todo = []
-        for seed in seeds:
-            row = self.ledger.trial(self.run_id, keys[seed])
-            if row is not None:
-                results[seed] = record_from_row(row, cached=True)
-                self.events.trial_finished(role, seed, row["status"], row["test_metric"], cached=True)
-            else:
-                todo.append(seed)
-        if todo:
-            ws = materialise(self.run_dir, files, code_hash[:16])
-
-            def on_start(req: TrialRequest) -> None:
-                for seed in req.seeds:
-                    self.events.trial_started(role, seed)
-                fault("train", delay=2.0)  # test hook: dies while the sandbox is training
-
-            requests = [self.request(ws, batch, f"{code_hash[:12]}-{keys[batch[0]][:8]}")
-                        for batch in self._batches(todo)]
-            outputs = [out for batch in self.executor.map(requests, on_start) for out in batch]
-            for out in outputs:
-                seed = out.seed
-                status, detail, scores, test_logits = self.score(out)
-                fault("score")  # test hook: trial done and scored, not yet in the ledger
-                summary = out.summary() | {"fingerprints": self.data.fingerprints, "counts": self.data.counts,
-                                           "device": out.device or self.device,
-                                           "secondary": secondary_from_logits(test_logits, self.data.labels("test"),
-                                                                              self.bench.spec.data.num_classes)
-                                           if scores else {}}
-                pert = scores.get("perturbed")
-                row = dict(run_id=self.run_id, cache_key=keys[seed], code_hash=code_hash, role=role,
-                           proposal_idx=proposal_idx, seed=seed, status=status, detail=detail,
-                           val_metric=scores["val"].metric if scores else None,
-                           test_metric=scores["test"].metric if scores else None,
-                           val_log_loss=scores["val"].log_loss if scores else None,
-                           test_log_loss=scores["test"].log_loss if scores else None,
-                           val_correct=scores["val"].correct.tobytes() if scores else None,
-                           test_correct=scores["test"].correct.tobytes() if scores else None,
-                           perturbed_metric=pert.metric if pert else None,
-                           perturbed_correct=pert.correct.tobytes() if pert else None,
-                           summary_json=dumps(summary))
-                self.ledger.put_trial(**row)
-                results[seed] = record_from_row(row, cached=False)
-                self.events.trial_finished(role, seed, status, row["test_metric"], cached=False)
+        while len(results) < len(keys):
+            todo, waits = [], []
+            with self._claims:
+                for seed in keys:
+                    if seed in results:
+                        continue
+                    row = self.ledger.trial(self.run_id, keys[seed])
+                    if row is not None:
+                        results[seed] = record_from_row(row, cached=True)
+                        self.events.trial_finished(role, seed, row["status"], row["test_metric"], cached=True)
+                    elif keys[seed] in self._running:
+                        waits.append(self._running[keys[seed]])
+                    else:
+                        self._running[keys[seed]] = threading.Event()
+                        todo.append(seed)
+            if todo:
+                try:
+                    self._train(files, code_hash, keys, todo, role, proposal_idx, results)
+                finally:
+                    with self._claims:
+                        for seed in todo:
+                            self._running.pop(keys[seed]).set()
+            for done in waits:  # then read their rows (or, if that thread failed, claim them)
+                done.wait()
         return [results[s] for s in seeds]
+
+    def _train(self, files: dict[str, str], code_hash: str, keys: dict[int, str], todo: list[int], role: str,
+               proposal_idx: int | None, results: dict[int, TrialRecord]) -> None:
+        ws = materialise(self.run_dir, files, code_hash[:16])
+
+        def on_start(req: TrialRequest) -> None:
+            for seed in req.seeds:
+                self.events.trial_started(role, seed)
+            fault("train", delay=2.0)  # test hook: dies while the sandbox is training
+
+        requests = [self.request(ws, batch, f"{code_hash[:12]}-{keys[batch[0]][:8]}")
+                    for batch in self._batches(todo)]
+        outputs = [out for batch in self.executor.map(requests, on_start) for out in batch]
+        for out in outputs:
+            seed = out.seed
+            status, detail, scores, test_logits = self.score(out)
+            fault("score")  # test hook: trial done and scored, not yet in the ledger
+            summary = out.summary() | {"fingerprints": self.data.fingerprints, "counts": self.data.counts,
+                                       "device": out.device or self.device,
+                                       "secondary": secondary_from_logits(test_logits, self.data.labels("test"),
+                                                                          self.bench.spec.data.num_classes)
+                                       if scores else {}}
+            pert = scores.get("perturbed")
+            row = dict(run_id=self.run_id, cache_key=keys[seed], code_hash=code_hash, role=role,
+                       proposal_idx=proposal_idx, seed=seed, status=status, detail=detail,
+                       val_metric=scores["val"].metric if scores else None,
+                       test_metric=scores["test"].metric if scores else None,
+                       val_log_loss=scores["val"].log_loss if scores else None,
+                       test_log_loss=scores["test"].log_loss if scores else None,
+                       val_correct=scores["val"].correct.tobytes() if scores else None,
+                       test_correct=scores["test"].correct.tobytes() if scores else None,
+                       perturbed_metric=pert.metric if pert else None,
+                       perturbed_correct=pert.correct.tobytes() if pert else None,
+                       summary_json=dumps(summary))
+            self.ledger.put_trial(**row)
+            results[seed] = record_from_row(row, cached=False)
+            self.events.trial_finished(role, seed, status, row["test_metric"], cached=False)

@@ -120,24 +120,35 @@ class LocalExecutor:
     """Runs trials in parallel slots on this machine (threads that each drive one sandbox).
     ``devices``: one per slot (e.g. cuda:0, cuda:1); each trial is pinned to its slot's device.
     ``trial_fn``: what runs one request (default: the sandboxed ``run_trials``, looked up when
-    called, so that a test can stand a fake in for it)."""
+    called, so that a test can stand a fake in for it).
+
+    The slots are one pool shared by every ``map`` call: with pipelining several threads ask for
+    trials at once (the judge, a speculative gate of the next proposal, the agent's smoke run), and
+    N slots must stay N sandboxes at a time, one per GPU. A request takes a free slot (first come,
+    first served) and gives it back when it ends."""
 
     def __init__(self, slots: int = 1, devices: list[str] | None = None, *, trial_fn: TrialFn | None = None):
         self.slots = max(1, slots)
         self.devices = list(devices) if devices else None
         self.trial_fn = trial_fn
+        self._free: queue.Queue[str] = queue.Queue()
+        for device in (self.devices[:self.slots] if self.devices else ["cpu"] * self.slots):
+            self._free.put(device)
+        self._pin = bool(self.devices) and any(d != "cpu" for d in self.devices)
 
     def map(self, requests: list[TrialRequest], on_start: OnStart | None = None) -> list[list[TrialOutput]]:
         def one(req: TrialRequest) -> list[TrialOutput]:
-            if on_start is not None:
-                on_start(req)
-            return (self.trial_fn or run_trials)(req)
+            device = self._free.get()
+            try:
+                if on_start is not None:
+                    on_start(req)
+                return (self.trial_fn or run_trials)(pin_request(req, device) if self._pin else req)
+            finally:
+                self._free.put(device)
 
-        if self.devices and any(d != "cpu" for d in self.devices):
-            return run_on_slots(one, requests, self.devices[:self.slots])
-        if self.slots == 1 or len(requests) <= 1:
+        if len(requests) <= 1:
             return [one(r) for r in requests]
-        with ThreadPoolExecutor(max_workers=self.slots) as pool:
+        with ThreadPoolExecutor(max_workers=min(self.slots, len(requests))) as pool:
             return list(pool.map(one, requests))
 
 

@@ -67,6 +67,11 @@ def digits_behaviour(files: dict[str, str], req: TrialRequest) -> Behaviour:
     return BASELINE
 
 
+def is_smoke(req: TrialRequest) -> bool:
+    """The agent's smoke run (trial_cache.TrialCache.smoke), not a gate trial."""
+    return Path(req.work_dir).name.startswith("smoke-")
+
+
 def _npy(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
@@ -83,10 +88,11 @@ class FakeExecutor:
     asked (for tests that count trials); ``slots`` only changes how the engine batches seeds."""
 
     def __init__(self, behaviour: Callable[[dict[str, str], TrialRequest], Behaviour] = digits_behaviour,
-                 slots: int = 1, delay: float = 0.0):
+                 slots: int = 1, delay: float = 0.0, smoke_delay: float | None = None):
         self.behaviour = behaviour
         self.slots = slots
         self.delay = delay  # seconds each request takes, as if it trained
+        self.smoke_delay = delay if smoke_delay is None else smoke_delay  # ... each smoke run (the agent's check)
         self.requests: list[TrialRequest] = []
 
     def map(self, requests: list[TrialRequest], on_start=None) -> list[list[TrialOutput]]:
@@ -104,8 +110,9 @@ class FakeExecutor:
 
     def run(self, req: TrialRequest) -> list[TrialOutput]:
         behaviour = self.behaviour(_read_files(req.workspace), req)
-        if self.delay:
-            time.sleep(self.delay)
+        delay = self.smoke_delay if is_smoke(req) else self.delay
+        if delay:
+            time.sleep(delay)
         return [self._one(req, seed, behaviour) for seed in req.seeds]
 
     def _one(self, req: TrialRequest, seed: int, b: Behaviour) -> TrialOutput:
