@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict
 
 from autoresearch.agent.checks import SmokeFailed, check_name, check_reply, final_verdict, smoke_problem
-from autoresearch.agent.llm import LLMSession
+from autoresearch.agent.session import LLMSession
 from autoresearch.agent.prompts import build_messages, example_proposal, prompt_hash, repair_message
 from autoresearch.agent.proposal import (EditFormat, Proposal, ProposalRejected, choose_edit_format,
                                          is_editable, whole_file_grammar)

@@ -207,38 +207,3 @@ def _is_context_error(exc: BaseException) -> bool:
 def _short(exc: BaseException, limit: int = 300) -> str:
     text = " ".join(str(exc).split())
     return text[:limit] + ("…" if len(text) > limit else "")
-
-
-# --------------------------------------------------------------------------- a run's session
-
-
-@dataclass
-class LLMSession:
-    """The client for a run, and the embedded server behind it (if any), which ``close`` stops."""
-
-    client: "LLMClient"
-    server: object = None
-
-    def close(self) -> None:
-        if self.server is not None:
-            self.server.stop()
-            self.server = None
-
-
-def open_llm_session(config) -> LLMSession:
-    """Reach an LLM before any training: the configured endpoint, else the embedded llama.cpp server."""
-    url, model = resolve_endpoint(config.llm_base_url, config.model)
-    server = None
-    if url is None:
-        from autoresearch.agent.local_llm import start_local_server
-
-        server = start_local_server(config.gguf)
-        url = server.base_url
-    try:
-        client = LLMClient(base_url=url, model=model, timeout=config.llm_timeout)
-        client.check()
-    except BaseException:
-        if server is not None:
-            server.stop()
-        raise
-    return LLMSession(client=client, server=server)

@@ -329,7 +329,7 @@ def show(run, as_json, runs_dir):
     from autoresearch.run_view import RunView
 
     view = RunView(_resolve_run(run, runs_dir))  # the records only: no benchmark, data or engine
-    summary = run_summary_json(view)
+    summary = run_summary_json(view.row, view.records(), view.isolation)
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
         return

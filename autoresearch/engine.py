@@ -8,6 +8,7 @@ the ledger before the next starts, so a killed run resumes without losing or rep
 reopening a run folder), trial_cache (requests, trusted scoring, the cache of finished trials),
 recording (commits, reports, reading records back) and verification (the headline); what stays
 here is deciding a proposal: apply it, run the gate's looks with the integrity checks, record it.
+(Just over 400 lines: deciding and its resume paths read best as one sequence.)
 """
 
 from __future__ import annotations

@@ -10,13 +10,14 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from autoresearch.agent_port import read_journal
 from autoresearch.escaping import commit_body, commit_subject, one_line
 from autoresearch.faults import fault
 from autoresearch.gate import StageDecision
 from autoresearch.ledger import dumps
 from autoresearch.outcomes import ProposalRecord, TrialRecord, files_hash, unified_diff
 from autoresearch.reasons import NOT_APPLIED, Reason
-from autoresearch.reports import report_name, write_proposal_report, write_summary
+from autoresearch.reports import ProposalContext, RunFacts, report_name, write_proposal_report, write_summary
 from autoresearch.trial_cache import record_from_row
 
 if TYPE_CHECKING:
@@ -47,6 +48,31 @@ def commit_message(record: ProposalRecord, engine: "RunEngine") -> str:
             f"Autoresearch-Run: {engine.run_id}\n")
 
 
+def run_facts(engine: "RunEngine") -> RunFacts:
+    """The plain facts the reports read: the engine is never handed to them."""
+    return RunFacts(run_id=engine.run_id, run_dir=engine.run_dir, spec=engine.bench.spec, idea=engine.config.idea,
+                    counts=dict(engine.data.counts), fingerprints=dict(engine.data.fingerprints),
+                    metric_name=engine.metric.name, gate=engine.gate, gate_seeds=tuple(engine.gate_seeds),
+                    isolation=engine.isolation, device=engine.device, env=engine.env)
+
+
+def change_files(engine: "RunEngine", record: ProposalRecord) -> tuple[dict, dict] | None:
+    """(incumbent files, candidate files) of a proposal with a commit of its own, else None."""
+    if not record.commit or record.reason in NOT_APPLIED:
+        return None
+    try:
+        parent = engine.ledger.proposal(engine.run_id, record.idx)["parent_commit"]
+        return engine.repo.files_at(parent), engine.repo.files_at(record.commit)
+    except Exception:  # the report must not die on a repo it cannot read; the diff stands
+        return None
+
+
+def proposal_context(engine: "RunEngine", record: ProposalRecord) -> ProposalContext:
+    return ProposalContext(row=engine.ledger.proposal(engine.run_id, record.idx) or {},
+                           llm=engine.ledger.llm_totals(engine.run_id, record.idx),
+                           journal=read_journal(engine.run_dir, record.idx), files=change_files(engine, record))
+
+
 def finish_proposal(engine: "RunEngine", record: ProposalRecord, parent: str, new_files: dict[str, str] | None) -> None:
     """Commit, advance the accepted branch, write the report, mark the proposal finished, and bring
     the run's REPORT.md and results.tsv up to date (a killed run keeps its summary)."""
@@ -61,7 +87,7 @@ def finish_proposal(engine: "RunEngine", record: ProposalRecord, parent: str, ne
         engine.repo.advance_accepted(sha)
     if not record.candidate_trials and record.reason not in NOT_APPLIED:
         record.candidate_trials, record.incumbent_trials = trials_for(engine, record)
-    path = write_proposal_report(engine, record)
+    path = write_proposal_report(run_facts(engine), record, proposal_context(engine, record))
     record.report_path = str(path)
     fault("report")  # test hook: report written, proposal not yet marked finished
     engine.ledger.update_proposal(engine.run_id, record.idx, state="finished", commit_sha=sha,
@@ -124,4 +150,6 @@ def load_record(engine: "RunEngine", row: dict) -> ProposalRecord:
 
 def write_run_summary(engine: "RunEngine", headline: dict | None = None) -> None:
     """REPORT.md (with the headline once there is one) and results.tsv, from the records so far."""
-    write_summary(engine, headline)
+    records = engine.records()
+    write_summary(run_facts(engine), records, engine.ledger.llm_totals(engine.run_id),
+                  {r.idx: change_files(engine, r) for r in records}, headline)

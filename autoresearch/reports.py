@@ -3,23 +3,57 @@
 Text from a model or a sandbox goes through autoresearch.escaping before it is written; a trial's
 summary is read only through _field/_number/_string, because it holds whatever JSON the sandbox
 returned (train_report is the candidate's own file): a wrong shape shows as "-", never raises.
-(About 400 lines: every section of a report reads the same hostile-safe accessors above.)
+Reports read plain values only: the run's facts (``RunFacts``, fixed when the run opens), the
+records, and per proposal what recording gathered (``ProposalContext``). They import neither the
+engine nor the ledger: data flows one way, engine -> recording -> reports.
+(About 450 lines: every section of a report reads the same hostile-safe accessors below.)
 """
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from autoresearch.escaping import markdown_code, markdown_inline, one_line
-from autoresearch.gate import StageDecision
 from autoresearch.outcomes import ProposalRecord, TrialRecord, slugify
 
-if TYPE_CHECKING:  # reports read a run through the engine's attributes; they never import it
-    from autoresearch.engine import RunEngine
-    from autoresearch.run_view import RunView
+if TYPE_CHECKING:
+    from autoresearch.benchmark import BenchmarkSpec
+    from autoresearch.gate import GateConfig, StageDecision
+
+Files = dict[str, str]
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What the reports say about their run, as plain values fixed when the run opens."""
+    run_id: str
+    run_dir: Path
+    spec: "BenchmarkSpec"
+    idea: str | None
+    counts: dict[str, int]
+    fingerprints: dict[str, str]
+    metric_name: str
+    gate: "GateConfig"
+    gate_seeds: tuple[int, ...]
+    isolation: str
+    device: str
+    env: dict
+
+
+@dataclass(frozen=True)
+class ProposalContext:
+    """What one proposal's report reads beside its record: its ledger row, its LLM totals, the
+    agent's journal of replies, and (incumbent files, candidate files) where the change has a commit
+    of its own (None otherwise, or where the repo could not be read)."""
+    row: dict = field(default_factory=dict)
+    llm: dict = field(default_factory=lambda: {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                                               "cost_usd": 0.0})
+    journal: list[dict] = field(default_factory=list)
+    files: tuple[Files, Files] | None = None
 
 
 def _field(obj: object, *keys: str) -> object:
@@ -91,11 +125,11 @@ def _seed_table(record: "ProposalRecord", metric: str) -> str:
     return "\n".join(rows)
 
 
-def _integrity_section(record: "ProposalRecord", engine: "RunEngine") -> list[str]:
+def _integrity_section(record: "ProposalRecord", run: RunFacts, files: tuple[Files, Files] | None) -> list[str]:
     """What the integrity checks found (autoresearch.integrity), stated whatever the decision."""
     from autoresearch.integrity import literal_tables
 
-    rules = engine.bench.spec.integrity
+    rules = run.spec.integrity
     lines = ["## Integrity checks", ""]
     mem = record.integrity.get("memorisation") if isinstance(record.integrity, dict) else None
     if rules.perturbation == "none":
@@ -110,15 +144,14 @@ def _integrity_section(record: "ProposalRecord", engine: "RunEngine") -> list[st
                                                   "size must match"))
     lines.append("- seeds: the weights must vary with the seed (`seed_ignored` otherwise); the seed is never handed "
                  "to candidate code")
-    b = engine.bench.spec.budget
-    lines.append(f"- budget: at most {b.epochs} x {engine.data.counts['train']:,} examples through the model with "
+    b = run.spec.budget
+    lines.append(f"- budget: at most {b.epochs} x {run.counts['train']:,} examples through the model with "
                  f"gradients on (+{rules.budget_tolerance:.0%}), {rules.eval_epochs:g} epoch(s) with gradients off, "
                  f"a checkpoint of at most {rules.max_checkpoint_mb:g} MB, no training in the predict phase")
-    if record.diff and record.commit:
+    if record.diff and files is not None:
         try:
-            old = engine.repo.files_at(engine.ledger.proposal(engine.run_id, record.idx)["parent_commit"])
-            tables = literal_tables(old, engine.repo.files_at(record.commit))
-        except Exception:  # the report must not die on a repo it cannot read; the diff above stands
+            tables = literal_tables(*files)
+        except Exception:  # the report must not die on code it cannot read; the diff above stands
             tables = []
         if tables:
             lines.append("- **large literal data added** (what an answer key looks like): "
@@ -126,13 +159,13 @@ def _integrity_section(record: "ProposalRecord", engine: "RunEngine") -> list[st
     return lines + [""]
 
 
-def _gate_section(gate: StageDecision, engine: "RunEngine") -> str:
-    g = engine.gate
+def _gate_section(gate: "StageDecision", run: RunFacts) -> str:
+    g = run.gate
     looks = ", ".join(str(k) for k in gate.stages)
     return "\n".join([
         f"- look {gate.stage + 1} of {len(gate.stages)} (cumulative paired seeds per look: {looks}); this look used "
         f"{len(gate.seeds)} seeds x {gate.examples} test examples; decision: **{gate.action}**",
-        f"- mean improvement (candidate minus incumbent, test {engine.metric.name}): **{gate.mean_difference:+.4f}**",
+        f"- mean improvement (candidate minus incumbent, test {run.metric_name}): **{gate.mean_difference:+.4f}**",
         f"- variance of that mean from two sources of noise: seeds {gate.var_seeds:.3g}, test examples "
         f"{gate.var_examples:.3g} (standard error {gate.se:.4f}); t = {gate.statistic:.3g} on {gate.df:g} df",
         f"- 95% interval (both sources, not adjusted for stopping early): [{gate.ci95[0]:+.4f}, {gate.ci95[1]:+.4f}]",
@@ -175,7 +208,7 @@ def _limits_note(trials: list["TrialRecord"]) -> str:
     return "; ".join(markdown_inline(n, 200) for n in held[:4]) or "-"
 
 
-def _secondary_section(record: "ProposalRecord", engine: "RunEngine") -> list[str]:
+def _secondary_section(record: "ProposalRecord") -> list[str]:
     """Macro-F1 and per-class accuracy on test, beside the gated metric; shown, never gated."""
     inc = {t.seed: _field(t.summary, "secondary") for t in record.incumbent_trials}
     rows = ["## Secondary metrics (test; shown, not gated)", "",
@@ -193,25 +226,11 @@ def _secondary_section(record: "ProposalRecord", engine: "RunEngine") -> list[st
     return rows + [""] + [f"> {n}" for n in sorted(notes)] + ([""] if notes else [])
 
 
-def _change_files(engine: "RunEngine", record: "ProposalRecord") -> tuple[dict, dict] | None:
-    """(incumbent files, candidate files) of a proposal with a commit of its own, else None."""
-    from autoresearch.reasons import NOT_APPLIED
-
-    if not record.commit or record.reason in NOT_APPLIED:
-        return None
-    try:
-        parent = engine.ledger.proposal(engine.run_id, record.idx)["parent_commit"]
-        return engine.repo.files_at(parent), engine.repo.files_at(record.commit)
-    except Exception:  # the report must not die on a repo it cannot read; the diff stands
-        return None
-
-
-def _what_it_does(engine: "RunEngine", record: "ProposalRecord") -> tuple[list[str], list[str]]:
+def _what_it_does(record: "ProposalRecord", files: tuple[Files, Files] | None) -> tuple[list[str], list[str]]:
     """The deterministic description of the change (autoresearch.describe) and the flags on what
     the title and hypothesis name that the diff does not touch."""
     from autoresearch.describe import describe_change, title_claims_unsupported
 
-    files = _change_files(engine, record)
     if files is None:
         return [], []
     try:
@@ -220,11 +239,9 @@ def _what_it_does(engine: "RunEngine", record: "ProposalRecord") -> tuple[list[s
         return [f"(not described: {type(exc).__name__})"], []
 
 
-def _agent_rounds(engine: "RunEngine", idx: int) -> str:
+def _agent_rounds(rounds: list[dict]) -> str:
     """'3 replies: static check failed, smoke run failed, ok (whole-file)' from the agent's journal."""
-    from autoresearch.agent_port import read_journal
-
-    rounds = read_journal(engine.run_dir, idx)
+    rounds = [r for r in rounds if isinstance(r, dict)] if isinstance(rounds, list) else []
     if not rounds:
         return ""
     said = {"ok": "passed", "parse": "unreadable", "apply": "did not apply", "static": "static check failed",
@@ -258,19 +275,17 @@ def _draft_lines(row: dict) -> list[str]:
     return [line]
 
 
-def write_proposal_report(engine: "RunEngine", record: "ProposalRecord") -> Path:
-    spec = engine.bench.spec
-    row = engine.ledger.proposal(engine.run_id, record.idx) or {}
-    llm = engine.ledger.llm_totals(engine.run_id, record.idx)
-    out = engine.run_dir / "reports" / report_name(record)
+def write_proposal_report(run: RunFacts, record: "ProposalRecord", ctx: ProposalContext) -> Path:
+    spec, row, llm = run.spec, ctx.row or {}, ctx.llm
+    out = run.run_dir / "reports" / report_name(record)
     out.parent.mkdir(parents=True, exist_ok=True)
     decision = "ACCEPTED" if record.decision == "accepted" else "REJECTED"
     trials = record.candidate_trials
     train_s = sum(_number(_field(t.summary, "train", "run")) or 0.0 for t in trials if not t.cached)
     predict_s = sum(_number(_field(t.summary, "predict", "run")) or 0.0 for t in trials if not t.cached)
-    devices = sorted({_string(_field(t.summary, "device")) or engine.device for t in trials}) or [engine.device]
-    does, flags = _what_it_does(engine, record)
-    rounds = _agent_rounds(engine, record.idx)
+    devices = sorted({_string(_field(t.summary, "device")) or run.device for t in trials}) or [run.device]
+    does, flags = _what_it_does(record, ctx.files)
+    rounds = _agent_rounds(ctx.journal)
     lines = [
         f"# Proposal {record.idx:03d}: {markdown_inline(record.title, 200)}",
         "",
@@ -288,8 +303,8 @@ def write_proposal_report(engine: "RunEngine", record: "ProposalRecord") -> Path
         "",
         f"> {markdown_inline(record.detail)}" if record.detail else "",
         "",
-        f"- run: `{engine.run_id}`; benchmark `{spec.name}` v{spec.version}; source: {row.get('source', '-')}",
-        f"- idea: {markdown_inline(engine.config.idea) if engine.config.idea else '(proposals file, no idea)'}",
+        f"- run: `{run.run_id}`; benchmark `{spec.name}` v{spec.version}; source: {row.get('source', '-')}",
+        f"- idea: {markdown_inline(run.idea) if run.idea else '(proposals file, no idea)'}",
         *([f"- agent: {rounds}"] if rounds else []),
         f"- parent (incumbent) commit: `{row.get('parent_commit', '-')}`; this proposal's commit: `{record.commit}` "
         f"(ref `refs/proposals/{record.idx:03d}`)",
@@ -303,41 +318,41 @@ def write_proposal_report(engine: "RunEngine", record: "ProposalRecord") -> Path
     if trials:
         lines += ["## Per-seed results", "",
                   f"Candidate and incumbent share each seed; the gate uses the held-out **test** split "
-                  f"({engine.data.counts['test']} examples); val ({engine.data.counts['val']}) is shown for reference.",
-                  "", _seed_table(record, engine.metric.name), ""]
+                  f"({run.counts['test']} examples); val ({run.counts['val']}) is shown for reference.",
+                  "", _seed_table(record, run.metric_name), ""]
     if record.gate is not None:
-        lines += ["## Gate", "", _gate_section(record.gate, engine), ""]
+        lines += ["## Gate", "", _gate_section(record.gate, run), ""]
     if trials:
-        lines += _secondary_section(record, engine)
-    lines += _integrity_section(record, engine)
+        lines += _secondary_section(record)
+    lines += _integrity_section(record, run, ctx.files)
     lines += [
         "## Protocol",
         "",
-        "- data fingerprints (sha256): " + ", ".join(f"{k}=`{v[:16]}…`" for k, v in engine.data.fingerprints.items()),
-        "- example counts: " + ", ".join(f"{k}={v}" for k, v in engine.data.counts.items()) +
+        "- data fingerprints (sha256): " + ", ".join(f"{k}=`{v[:16]}…`" for k, v in run.fingerprints.items()),
+        "- example counts: " + ", ".join(f"{k}={v}" for k, v in run.counts.items()) +
         " (identical for candidate and incumbent, checked per trial)",
-        f"- gate: looks at {', '.join(map(str, engine.gate.stages))} paired seeds (seeds drawn for this run: "
-        f"{engine.gate_seeds[:max(engine.gate.stages)]})",
+        f"- gate: looks at {', '.join(map(str, run.gate.stages))} paired seeds (seeds drawn for this run: "
+        f"{list(run.gate_seeds[:max(run.gate.stages)])})",
         f"- budget: {spec.budget.epochs} epochs, batch {spec.budget.batch_size}, train {spec.budget.train_seconds:g}s + "
         f"predict {spec.budget.predict_seconds:g}s (+{spec.budget.grace_seconds:g}s start-up grace), "
         f"{spec.budget.memory_mb} MiB, {spec.budget.max_processes} processes, {spec.budget.threads} thread(s)",
         f"- limits that held: {_limits_note(trials)}",
         f"- timings: proposal wall {record.wall_seconds:.1f}s; sandboxed train {train_s:.1f}s, predict {predict_s:.1f}s "
         f"(candidate trials run now)",
-        f"- isolation: **{engine.isolation}**" + ("" if engine.isolation == "bubblewrap" else
-                                                  " (no sandbox: candidate code ran with the user's rights)"),
-        f"- device: {engine.env.get('device') or markdown_inline(', '.join(devices))}; " + _device_note(trials),
+        f"- isolation: **{run.isolation}**" + ("" if run.isolation == "bubblewrap" else
+                                               " (no sandbox: candidate code ran with the user's rights)"),
+        f"- device: {run.env.get('device') or markdown_inline(', '.join(devices))}; " + _device_note(trials),
         f"- LLM: {llm['calls']} call(s), {llm['prompt_tokens']} prompt + {llm['completion_tokens']} completion tokens, "
         f"~${llm['cost_usd']:.4f}; prompt hash {row.get('prompt_hash') or '-'}",
-        "- versions: " + ", ".join(f"{k} {v}" for k, v in engine.env["versions"].items()),
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in run.env.get("versions", {}).items()),
         "",
         "## Replay",
         "",
         "```sh",
-        f"git -C {engine.run_dir / 'repo'} show refs/proposals/{record.idx:03d}   # this change",
-        f"git clone {engine.run_dir / 'repo'} replay && cd replay && git fetch origin 'refs/proposals/*:refs/proposals/*'",
+        f"git -C {run.run_dir / 'repo'} show refs/proposals/{record.idx:03d}   # this change",
+        f"git clone {run.run_dir / 'repo'} replay && cd replay && git fetch origin 'refs/proposals/*:refs/proposals/*'",
         f"git checkout refs/proposals/{record.idx:03d}   # the candidate's full editable repo",
-        f"autoresearch replay {engine.run_dir} --verify   # re-run the accepted chain on fresh seeds",
+        f"autoresearch replay {run.run_dir} --verify   # re-run the accepted chain on fresh seeds",
         "```",
         "",
     ]
@@ -350,7 +365,7 @@ def write_proposal_report(engine: "RunEngine", record: "ProposalRecord") -> Path
     return out
 
 
-def write_plot(engine: "RunEngine", records: list["ProposalRecord"], path: Path) -> None:
+def write_plot(metric_name: str, records: list["ProposalRecord"], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -369,7 +384,7 @@ def write_plot(engine: "RunEngine", records: list["ProposalRecord"], path: Path)
                         rotation=90, color="grey")
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xlabel("proposal")
-    ax.set_ylabel(f"test {engine.metric.name}: candidate - incumbent")
+    ax.set_ylabel(f"test {metric_name}: candidate - incumbent")
     ax.set_title("each proposal against the incumbent of its time (mean, 95% CI; x = not trained/failed)")
     ax.set_xticks([r.idx for r in records] or [1])
     fig.tight_layout()
@@ -377,27 +392,27 @@ def write_plot(engine: "RunEngine", records: list["ProposalRecord"], path: Path)
     plt.close(fig)
 
 
-def write_summary(engine: "RunEngine", headline: dict | None = None) -> Path:
+def write_summary(run: RunFacts, records: list["ProposalRecord"], llm_totals: dict,
+                  files: dict[int, tuple[Files, Files] | None], headline: dict | None = None) -> Path:
     """REPORT.md, its plot and results.tsv from the records so far: after every proposal (a run
-    killed later keeps them), and at the end with the headline (``headline`` None: still running)."""
-    records = engine.records()
-    write_results_tsv(engine, records)
-    spec = engine.bench.spec
+    killed later keeps them), and at the end with the headline (``headline`` None: still running).
+    ``files`` holds each record's (incumbent, candidate) files, for the unsupported-title flags."""
+    write_results_tsv(run.run_dir, records)
+    spec, totals = run.spec, llm_totals
     if headline is not None:  # the plot once, at the end (matplotlib is the slow part of a summary)
-        write_plot(engine, records, engine.run_dir / "summary.png")
+        write_plot(run.metric_name, records, run.run_dir / "summary.png")
     accepted = [r for r in records if r.decision == "accepted"]
-    totals = engine.ledger.llm_totals(engine.run_id)
-    lines = [f"# Run {engine.run_id}", "",
+    lines = [f"# Run {run.run_id}", "",
              f"- benchmark: `{spec.name}` v{spec.version}; idea: "
-             f"{markdown_inline(engine.config.idea) if engine.config.idea else '(proposals file)'}",
-             f"- proposals: {len(records)} decided of a budget of {engine.gate.proposals}; accepted: {len(accepted)}",
-             f"- gate: sequential, paired seeds in looks of {', '.join(map(str, engine.gate.stages))} on test, "
-             f"noise of seeds and test examples, alpha={engine.gate.alpha} over the run, m={engine.gate.proposals} "
-             f"(each proposal at {engine.gate.threshold:.4g}, spent {engine.gate.spending} over its looks), "
-             f"min_delta={engine.gate.min_delta}",
-             f"- isolation: **{engine.isolation}**" + ("" if engine.isolation == "bubblewrap" else
-                                                      " (no sandbox: candidate code ran with the user's rights)") +
-             f"; device: {engine.env.get('device')}",
+             f"{markdown_inline(run.idea) if run.idea else '(proposals file)'}",
+             f"- proposals: {len(records)} decided of a budget of {run.gate.proposals}; accepted: {len(accepted)}",
+             f"- gate: sequential, paired seeds in looks of {', '.join(map(str, run.gate.stages))} on test, "
+             f"noise of seeds and test examples, alpha={run.gate.alpha} over the run, m={run.gate.proposals} "
+             f"(each proposal at {run.gate.threshold:.4g}, spent {run.gate.spending} over its looks), "
+             f"min_delta={run.gate.min_delta}",
+             f"- isolation: **{run.isolation}**" + ("" if run.isolation == "bubblewrap" else
+                                                   " (no sandbox: candidate code ran with the user's rights)") +
+             f"; device: {run.env.get('device')}",
              f"- LLM: {totals['calls']} calls, {totals['prompt_tokens'] + totals['completion_tokens']} tokens, "
              f"~${totals['cost_usd']:.4f}",
              "", "## Headline (re-verified on fresh seeds)", ""]
@@ -407,10 +422,10 @@ def write_summary(engine: "RunEngine", headline: dict | None = None) -> Path:
     elif headline.get("verified"):
         g = headline["gate"]
         lines += [f"The accepted chain ({headline['accepted']} change(s)) against the original baseline on fresh seeds "
-                  f"{headline['seeds']}: test {engine.metric.name} {headline['baseline_mean']:.4f} -> "
+                  f"{headline['seeds']}: test {run.metric_name} {headline['baseline_mean']:.4f} -> "
                   f"{headline['final_mean']:.4f}, mean improvement **{g['mean_difference']:+.4f}** "
                   f"(95% CI [{g['ci95'][0]:+.4f}, {g['ci95'][1]:+.4f}], one-sided p={g['p_value']:.3g}); "
-                  f"{'the gain holds' if headline['holds'] else 'the gain does NOT hold at alpha=' + str(engine.gate.alpha)}."]
+                  f"{'the gain holds' if headline['holds'] else 'the gain does NOT hold at alpha=' + str(run.gate.alpha)}."]
     else:
         lines += [headline.get("detail", "not verified")]
     lines += ["", "Selection-time figures below are optimistic by construction; the headline above is not.", "",
@@ -421,7 +436,7 @@ def write_summary(engine: "RunEngine", headline: dict | None = None) -> Path:
     for r in records:
         g = r.gate
         rep = Path(r.report_path).name if r.report_path else ""
-        _, flags = _what_it_does(engine, r)
+        _, flags = _what_it_does(r, files.get(r.idx))
         flag = f" **unsupported: {markdown_inline('; '.join(flags), 300)}**" if flags else ""
         lines.append(f"| {r.idx} | {markdown_inline(r.title, 120)}{flag} | {r.decision} | {r.reason} | "
                      f"{_signed(g.mean_difference) if g else '-'} | "
@@ -430,9 +445,9 @@ def write_summary(engine: "RunEngine", headline: dict | None = None) -> Path:
     if headline is not None:
         lines += ["", "![each proposal against its incumbent](summary.png)"]
     lines += ["", "## Replay", "", "```sh",
-              f"autoresearch replay {engine.run_dir} --verify", f"git -C {engine.run_dir / 'repo'} log --oneline accepted",
+              f"autoresearch replay {run.run_dir} --verify", f"git -C {run.run_dir / 'repo'} log --oneline accepted",
               "```", ""]
-    path = engine.run_dir / "REPORT.md"
+    path = run.run_dir / "REPORT.md"
     path.write_text("\n".join(lines))
     return path
 
@@ -441,7 +456,7 @@ RESULTS_COLUMNS = ("proposal", "commit", "decision", "reason", "mean_difference"
                    "seeds", "title")
 
 
-def write_results_tsv(engine: "RunEngine", records: list["ProposalRecord"]) -> Path:
+def write_results_tsv(run_dir: Path, records: list["ProposalRecord"]) -> Path:
     """results.tsv, one row per decided proposal (as karpathy/autoresearch keeps one): rewritten
     whole from the ledger, so a row appears once even when a killed run finishes it again."""
     def cell(x: object) -> str:
@@ -455,23 +470,21 @@ def write_results_tsv(engine: "RunEngine", records: list["ProposalRecord"]) -> P
             f"{g.mean_difference:+.6f}" if g else None, f"{g.ci95[0]:+.6f}" if g else None,
             f"{g.ci95[1]:+.6f}" if g else None, f"{g.p_value:.4g}" if g else None,
             len(r.candidate_trials) or None, one_line(r.title, 120))))
-    path = engine.run_dir / "results.tsv"
+    path = Path(run_dir) / "results.tsv"
     tmp = path.with_suffix(".tsv.tmp")
     tmp.write_text("\n".join(rows) + "\n")
     tmp.replace(path)
     return path
 
 
-def run_summary_json(run: "RunEngine | RunView") -> dict:
-    """`show --json`: read from the ledger's run row and the records (an engine or a RunView)."""
-    row = run.ledger.run(run.run_id) or {}
-    records = run.records()
+def run_summary_json(row: dict, records: list["ProposalRecord"], isolation: str) -> dict:
+    """`show --json`: the ledger's run row and the records, with the isolation that ran them."""
     return {
-        "run_id": run.run_id,
+        "run_id": row.get("id"),
         "benchmark": row.get("benchmark"),
         "benchmark_version": row.get("benchmark_version"),
         "status": row.get("status"),
-        "isolation": run.isolation,  # this session's (an engine's), else the recorded one
+        "isolation": isolation,
         "idea": row.get("idea"),
         "fingerprints": json.loads(row["fingerprints_json"]) if row.get("fingerprints_json") else None,
         "counts": json.loads(row["counts_json"]) if row.get("counts_json") else None,

@@ -12,7 +12,7 @@ from agent_fakes import (ADAM_OPTIM, ADAM_REPLY, DIGITS_FILES, MALFORMED_REPLY, 
                          whole_file)
 from autoresearch.agent.checks import SmokeFailed, StaticCheckFailed
 from autoresearch.agent.graph import run_agent
-from autoresearch.agent.llm import LLMSession
+from autoresearch.agent.session import LLMSession
 from autoresearch.agent.proposal import Proposal, ProposalRejected
 from autoresearch.agent_port import PastProposal
 

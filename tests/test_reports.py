@@ -1,13 +1,13 @@
 """Reports never die on what a sandbox returned, and model text cannot change their structure.
 
-No training: records and trials are built directly, the engine is a stand-in with what reports read.
+No training: records and trials are built directly; reports read plain facts (RunFacts), never an engine.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
+from dataclasses import replace
 
 from markdown_it import MarkdownIt
 
@@ -16,8 +16,7 @@ from autoresearch.engine import ProposalRecord, TrialRecord
 import numpy as np
 
 from autoresearch.gate import GateConfig, decide_stage
-from autoresearch.ledger import Ledger
-from autoresearch.reports import run_summary_json, write_proposal_report, write_summary
+from autoresearch.reports import ProposalContext, RunFacts, run_summary_json, write_proposal_report, write_summary
 from autoresearch.scoring import Metric
 
 BIG = "x" * 1_000_000
@@ -51,27 +50,22 @@ def trial(seed: int, summary, *, status: str = "crash", role: str = "candidate",
                        test_metric=metric, val_log_loss=None, test_log_loss=None, summary=summary)
 
 
-def fake_engine(tmp_path: Path, records: list[ProposalRecord], idea: str = "adaptive optimizers"):
-    ledger = Ledger(tmp_path / "ledger.sqlite")
-    ledger.create_run(id="r1", benchmark="digits-mlp", benchmark_version="2", idea=idea, config_json="{}",
-                      fingerprints_json="{}", counts_json="{}", env_json="{}", isolation="bubblewrap")
-    for r in records:
-        ledger.add_proposal(run_id="r1", idx=r.idx, source="file", title=r.title, hypothesis=r.hypothesis, raw="{}")
-    return SimpleNamespace(
-        run_dir=tmp_path, run_id="r1", bench=load_benchmark("digits-mlp"), ledger=ledger,
-        config=SimpleNamespace(idea=idea), metric=Metric("accuracy", "higher"),
-        data=SimpleNamespace(counts={"train": 1000, "val": 300, "test": 497}, fingerprints={"train": "a" * 64}),
-        gate=GateConfig.fixed(2, proposals=len(records)), gate_seeds=[1, 2], isolation="bubblewrap",
-        env={"device": "cpu", "versions": {"python": "3.11"}}, device="cpu", records=lambda: records)
+def facts(tmp_path: Path, records: list[ProposalRecord], idea: str = "adaptive optimizers") -> RunFacts:
+    return RunFacts(run_id="r1", run_dir=tmp_path, spec=load_benchmark("digits-mlp").spec, idea=idea,
+                    counts={"train": 1000, "val": 300, "test": 497}, fingerprints={"train": "a" * 64},
+                    metric_name="accuracy", gate=GateConfig.fixed(2, proposals=len(records)), gate_seeds=(1, 2),
+                    isolation="bubblewrap", device="cpu", env={"device": "cpu", "versions": {"python": "3.11"}})
 
 
-def write_all(engine, records: list[ProposalRecord]) -> tuple[list[str], str, dict]:
+def write_all(run: RunFacts, records: list[ProposalRecord]) -> tuple[list[str], str, dict]:
     reports = []
     for r in records:
-        r.report_path = str(write_proposal_report(engine, r))
+        r.report_path = str(write_proposal_report(run, r, ProposalContext(row={"source": "file"})))
         reports.append(Path(r.report_path).read_text())
-    summary = write_summary(engine, {"verified": False, "detail": "verification skipped"})
-    return reports, summary.read_text(), run_summary_json(engine)
+    summary = write_summary(run, records, {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0},
+                            {}, {"verified": False, "detail": "verification skipped"})
+    row = {"id": run.run_id, "benchmark": "digits-mlp", "idea": run.idea, "status": "finished"}
+    return reports, summary.read_text(), run_summary_json(row, records, run.isolation)
 
 
 def test_reports_survive_any_summary_shape(tmp_path):
@@ -79,7 +73,7 @@ def test_reports_survive_any_summary_shape(tmp_path):
                               detail="seed 1: boom", candidate_trials=[trial(1, s), trial(2, s, status="ok")],
                               incumbent_trials=[trial(1, s, status="ok", role="incumbent", metric=0.9)])
                for i, s in enumerate(HOSTILE_SUMMARIES, start=1)]
-    reports, summary_md, summary = write_all(fake_engine(tmp_path, records), records)
+    reports, summary_md, summary = write_all(facts(tmp_path, records), records)
     for text in reports:
         assert len(text) < 60_000  # what is shown is capped, whatever the summary held
         assert "## Protocol" in text and "## Log tail (seed 1)" in text
@@ -96,7 +90,7 @@ def test_well_formed_summaries_still_show(tmp_path):
             "secondary": {"macro_f1": 0.5, "per_class_accuracy": [0.25, None], "unavailable": "needs evaluate"}}
     record = ProposalRecord(idx=1, title="t", hypothesis="h", decision="rejected", reason="crash", detail="d",
                             candidate_trials=[trial(1, good)], incumbent_trials=[])
-    (report,), _, summary = write_all(fake_engine(tmp_path, [record]), [record])
+    (report,), _, summary = write_all(facts(tmp_path, [record]), [record])
     for needle in ["| 10,000 / - | 1.25 / - | 0.25 |", "cuda:0 (H100)", "aten::index\\_add", "| 0.5000 |", "0.25 -", "> needs evaluate",
                    "sandboxed train 1.5s, predict 0.2s", "RuntimeError: boom"]:
         assert needle in report, needle
@@ -109,9 +103,8 @@ def test_reports_state_the_limits_that_held_and_an_unsandboxed_run(tmp_path):
     record = ProposalRecord(idx=1, title="t", hypothesis="h", decision="rejected", reason="crash", detail="d",
                             candidate_trials=[trial(1, {"notes": notes}), trial(2, {"notes": notes})],
                             incumbent_trials=[])
-    engine = fake_engine(tmp_path, [record])
-    engine.isolation = "none"
-    (report,), summary_md, summary = write_all(engine, [record])
+    run = replace(facts(tmp_path, [record]), isolation="none")
+    (report,), summary_md, summary = write_all(run, [record])
     assert ("- limits that held: memory: RLIMIT\\_AS 3072 MiB (per process, not per tree); processes: NOT capped "
             "(running as root: the kernel ignores RLIMIT\\_NPROC for root)\n") in report
     unsandboxed = "isolation: **none** (no sandbox: candidate code ran with the user's rights)"
@@ -143,7 +136,7 @@ def reports_for(tmp_path: Path, title: str, hypothesis: str, detail: str, idea: 
                               detail=detail, diff=DIFF, gate=gate, candidate_trials=cand, incumbent_trials=inc)
                for i in (1, 2)]
     tmp_path.mkdir()
-    return write_all(fake_engine(tmp_path, records, idea=idea), records)
+    return write_all(facts(tmp_path, records, idea=idea), records)
 
 
 def test_model_text_cannot_change_a_reports_structure(tmp_path):
