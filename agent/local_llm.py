@@ -163,9 +163,7 @@ class LocalLLMServer:
     def __init__(self, gguf: Path, *, n_ctx: int = N_CTX, threads: int | None = None, startup_timeout: float = 180.0):
         self.gguf = Path(gguf)
         self.n_ctx = n_ctx
-        # Half the cores (llama.cpp's own default): its threads meet at barriers every layer, and on a
-        # busy 2-core machine two threads run ~3x slower than one.
-        self.threads = threads or int(os.environ.get("AUTORESEARCH_LLM_THREADS") or 0) or max(1, (os.cpu_count() or 2) // 2)
+        self.threads = threads or llm_threads(shares_machine=True)
         self.startup_timeout = startup_timeout
         self.gpu = gpu_offload_supported()
         self.port: int | None = None
@@ -238,14 +236,26 @@ class LocalLLMServer:
             self.log_path.unlink(missing_ok=True)
 
 
-def start_local_server(gguf: Path | str | None = None) -> LocalLLMServer:
+def llm_threads(*, shares_machine: bool) -> int:
+    """Threads for the embedded server. llama.cpp's threads meet at a barrier every layer, so they
+    must not compete with training: while trials run beside the LLM (pipelining), half the cores
+    (llama.cpp's own default; on a busy 2-core machine two threads ran ~3x slower than one). When
+    the LLM has the machine to itself (a run without pipelining waits for each reply), every core:
+    on the idle 2-core machine one proposal's reply took 42 s with 2 threads and 76 s with 1.
+    AUTORESEARCH_LLM_THREADS overrides both."""
+    forced = int(os.environ.get("AUTORESEARCH_LLM_THREADS") or 0)
+    cores = os.cpu_count() or 2
+    return forced if forced > 0 else (max(1, cores // 2) if shares_machine else cores)
+
+
+def start_local_server(gguf: Path | str | None = None, *, threads: int | None = None) -> LocalLLMServer:
     """Resolve the model and start the server, or raise LLMUnavailable saying what to install or set."""
     missing = missing_server_modules()
     if missing:
         raise LLMUnavailable(f"no LLM endpoint is configured and the embedded local model needs the llama.cpp "
                              f"server, which is not installed (missing: {', '.join(missing)}). Install it with: "
                              f"{INSTALL_HINT}")
-    server = LocalLLMServer(resolve_gguf(gguf))
+    server = LocalLLMServer(resolve_gguf(gguf), threads=threads)
     server.start()
     return server
 

@@ -28,9 +28,10 @@ def open_llm_session(config) -> LLMSession:
     url, model = resolve_endpoint(config.llm_base_url, config.model)
     server = None
     if url is None:
-        from autoresearch.agent.local_llm import start_local_server  # lazy: llama_cpp checks
+        from autoresearch.agent.local_llm import llm_threads, start_local_server  # lazy: llama_cpp checks
 
-        server = start_local_server(config.gguf)
+        # Pipelined, trials train while the model writes: the server gets half the cores, else all.
+        server = start_local_server(config.gguf, threads=llm_threads(shares_machine=bool(config.pipeline)))
         url = server.base_url
     try:
         client = LLMClient(base_url=url, model=model, timeout=config.llm_timeout)

@@ -200,6 +200,29 @@ def test_missing_model_or_extra_says_what_to_do(tmp_path, monkeypatch):
     assert "not installed" in local_llm.describe_local_llm()
 
 
+def test_the_embedded_server_gets_every_core_unless_trials_share_the_machine(monkeypatch):
+    monkeypatch.delenv("AUTORESEARCH_LLM_THREADS", raising=False)
+    for var in ("OPENAI_BASE_URL", "AUTORESEARCH_LLM_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(local_llm.os, "cpu_count", lambda: 8)
+    assert local_llm.llm_threads(shares_machine=False) == 8
+    assert local_llm.llm_threads(shares_machine=True) == 4
+    assert local_llm.LocalLLMServer(Path("m.gguf")).threads == 4  # built alone: the cautious default
+    asked = []
+
+    def start(gguf=None, *, threads=None):
+        asked.append(threads)
+        raise LLMUnavailable("stop here")
+
+    monkeypatch.setattr(local_llm, "start_local_server", start)
+    for pipeline in (False, True, None):
+        with pytest.raises(LLMUnavailable, match="stop here"):
+            open_llm_session(RunConfig(idea="x", pipeline=pipeline))
+    assert asked == [8, 4, 8]  # --idea runs wait for each reply (no pipelining): all cores
+    monkeypatch.setenv("AUTORESEARCH_LLM_THREADS", "3")
+    assert local_llm.llm_threads(shares_machine=False) == local_llm.llm_threads(shares_machine=True) == 3
+
+
 # --------------------------------------------------------------------------- whole runs through HTTP
 
 
