@@ -2,7 +2,9 @@
 
 In order, cheapest first: parse it, apply it to the incumbent (confined to the editable set),
 compile and read it statically (pyflakes: undefined names; a function the harness may call
-removed), refuse a repeat of an earlier change, then a smoke run in the sandbox (the engine's
+removed), refuse a repeat of an earlier change (the same files, or the same kind of change, as
+autoresearch.describe says it, that was already measured not better than this same incumbent),
+then a smoke run in the sandbox (the engine's
 one-epoch run on a slice of the train split). Each failure names the check, so the loop can send
 it back as a repair round; out of rounds, the reply is recorded with that reason and never trained.
 """
@@ -16,6 +18,7 @@ from typing import Callable
 from autoresearch.agent.proposal import (ApplyFailed, Edit, InvalidProposal, NotEditable, Proposal,
                                          ProposalRejected, apply_proposal, parse_reply)
 from autoresearch.agent_port import PastProposal
+from autoresearch.describe import describe_change
 from autoresearch.reasons import Reason
 
 
@@ -168,7 +171,35 @@ def check_reply(raw: str, files: dict[str, str], editable, history: list[PastPro
             what = "; ".join(p.changes) or p.title
             raise DuplicateProposal(f"duplicate: the same change as proposal #{p.idx} ({what}), which was "
                                     f"{p.decision}" + (f" ({p.reason})" if p.decision != "accepted" else ""))
+    earlier = same_kind_measured(files, new_files, history)
+    if earlier is not None:
+        raise DuplicateProposal(f"duplicate: the same kind of change as proposal #{earlier.idx} "
+                                f"({'; '.join(earlier.changes)}), which was measured against this same code and "
+                                f"was not better")
     return proposal, new_files
+
+
+def same_kind_measured(files: dict[str, str], new_files: dict[str, str],
+                       history: list[PastProposal]) -> PastProposal | None:
+    """The earlier proposal that made the same kind of change to this same incumbent and was judged
+    not better, if any. "Kind" is what autoresearch.describe says the diff does: its lines name the
+    calls added or replaced and the settings changed, not every argument (a CosineAnnealingLR with
+    another T_max is the same kind). Only proposals since the last acceptance count (they were
+    judged against the current code; once it moves, an old idea may pay), and only those that ran
+    and lost (a crash says nothing about the idea). Small models re-propose a rejected change under a
+    new title; the proposal budget is better spent on another idea."""
+    since = history
+    for i, p in enumerate(history):
+        if p.decision == "accepted":
+            since = history[i + 1:]
+    losers = [p for p in since if p.reason == Reason.NOT_BETTER and p.changes]
+    if not losers:
+        return None
+    try:
+        kind = tuple(describe_change(files, new_files))
+    except Exception:  # a description is evidence, never the reason a reply fails
+        return None
+    return next((p for p in losers if tuple(p.changes) == kind), None)
 
 
 def smoke_problem(result) -> str | None:

@@ -39,3 +39,51 @@ def test_a_whole_file_missing_only_common_imports_gets_them_added():
     other = src.replace("lr=", "betas=betas, lr=")
     same = Proposal(title="t", hypothesis="", edits=(Edit("optim.py", "", other),))
     assert add_missing_imports(same) is same
+
+
+# --------------------------------------------------------------------------- the same kind again
+
+ADAM = '"""Opt."""\nimport torch\n\n\ndef build_optimizer(params, *, steps_per_epoch, epochs):\n' \
+       '    optimizer = torch.optim.Adam(params)\n    scheduler = None\n    return optimizer, scheduler\n'
+
+
+def _cosine(t_max: str) -> str:
+    return ADAM.replace("    scheduler = None\n",
+                        f"    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max={t_max})\n")
+
+
+def _past(idx: int, decision: str, reason: str, old: str, new: str, change_hash: str):
+    from autoresearch.agent_port import PastProposal
+    from autoresearch.describe import describe_change
+
+    return PastProposal(idx=idx, title="t", decision=decision, reason=reason, detail="",
+                        changes=tuple(describe_change({"optim.py": old}, {"optim.py": new})),
+                        val_candidate=0.9, val_incumbent=0.92, seeds=2, change_hash=change_hash)
+
+
+def _reply(content: str) -> str:
+    return f"Title: cosine\nHypothesis: h\nFile: optim.py\n```python\n{content}```\n"
+
+
+def test_a_kind_of_change_measured_not_better_on_this_code_is_a_duplicate():
+    """Seen with the 1.5B model: CosineAnnealingLR on the same Adam code three times (titles differ,
+    T_max differs), each trained and rejected not_better, spending a third of the run."""
+    import pytest
+
+    from autoresearch.agent.checks import DuplicateProposal, check_reply
+    from autoresearch.outcomes import files_hash
+
+    files = {"optim.py": ADAM}
+    lost = _past(2, "rejected", "not_better", ADAM, _cosine("steps_per_epoch * epochs"), "h-cos")
+    with pytest.raises(DuplicateProposal, match=r"same kind of change as proposal #2 \(optim.py: call added: "
+                                                r"torch.optim.lr_scheduler.CosineAnnealingLR\)"):
+        check_reply(_reply(_cosine("100")), files, ["optim.py"], [lost], change_hash=files_hash)
+    # Another kind passes; so does the same kind where the earlier one crashed (says nothing of the
+    # idea) or where an acceptance since moved the code it was measured against.
+    step = ADAM.replace("    scheduler = None\n",
+                        "    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=100)\n")
+    check_reply(_reply(step), files, ["optim.py"], [lost], change_hash=files_hash)
+    crashed = _past(2, "rejected", "crash", ADAM, _cosine("steps_per_epoch * epochs"), "h-cos")
+    check_reply(_reply(_cosine("100")), files, ["optim.py"], [crashed], change_hash=files_hash)
+    moved = _past(3, "accepted", "accepted", ADAM, ADAM.replace("Adam(params)", "Adam(params, lr=3e-3)"), "h-lr")
+    check_reply(_reply(_cosine("100")), files, ["optim.py"], [lost, moved], change_hash=files_hash)
