@@ -206,7 +206,9 @@ def smoke_problem(result) -> str | None:
     """The smoke run's failure as text for the model, or None when it ran cleanly."""
     if result.ok:
         return None
-    lines = [line for line in (result.error or "").splitlines() if line.strip()]
+    # Python 3.11's position markers (lines of ^ and ~ only) say nothing a small model uses and
+    # would take the place of the frames and the error line in the last 12 lines shown.
+    lines = [line for line in (result.error or "").splitlines() if line.strip() and set(line.strip()) - set("^~")]
     text = "\n".join(lines[-12:])
     return f"{result.status}: {text[-1500:]}" if text else result.status
 

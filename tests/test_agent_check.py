@@ -87,3 +87,19 @@ def test_a_kind_of_change_measured_not_better_on_this_code_is_a_duplicate():
     check_reply(_reply(_cosine("100")), files, ["optim.py"], [crashed], change_hash=files_hash)
     moved = _past(3, "accepted", "accepted", ADAM, ADAM.replace("Adam(params)", "Adam(params, lr=3e-3)"), "h-lr")
     check_reply(_reply(_cosine("100")), files, ["optim.py"], [lost, moved], change_hash=files_hash)
+
+
+def test_a_smoke_traceback_shows_frames_and_the_error_not_position_markers():
+    from types import SimpleNamespace
+
+    from autoresearch.agent.checks import smoke_problem
+
+    frames = []
+    for i in range(8):
+        frames += [f'  File "/sandbox/repo/f{i}.py", line {i}, in g{i}', f"    call_{i}(x)", "    ^^^^^^^^^^^^^", "       ~~~~^^^"]
+    error = "\n".join(["Traceback (most recent call last):", *frames,
+                       "ValueError: optimizer got an empty parameter list"])
+    shown = smoke_problem(SimpleNamespace(ok=False, status="crash", error=error))
+    assert "^" not in shown and "~" not in shown
+    assert shown.endswith("ValueError: optimizer got an empty parameter list")
+    assert 'File "/sandbox/repo/f3.py"' in shown  # 11 lines of frames kept, where markers took half before
