@@ -1,5 +1,5 @@
 """What optimizer changes can gain on digits-mlp: test accuracy (mean and sd over seeds) of the
-baseline MLP trained with the baseline's own loop (train.py's, in-process, no sandbox) under each
+baseline MLP trained by the baseline's own train.py (in-process, no sandbox) under each
 optimizer/schedule, each one change or a combination. It shows why the agent asks for one change
 per proposal: a combined leap reaches the ceiling at once and leaves nothing for a later change.
 
@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
+import types
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 from autoresearch.benchmark import load_benchmark, materialise_splits
 
@@ -48,15 +48,28 @@ VARIANTS = {
 }
 
 
+def _load(name: str, path, **modules):
+    """Import one file of the baseline's repo as a module, with ``modules`` in place of its imports."""
+    sys.modules.update(modules)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=8)
     args = ap.parse_args()
     torch.set_num_threads(1)
     bench = load_benchmark("digits-mlp")
-    spec_ = importlib.util.spec_from_file_location("model", bench.repo_dir / "model.py")
-    model_mod = importlib.util.module_from_spec(spec_)
-    spec_.loader.exec_module(model_mod)
+    # The baseline's own model.py and train.py; optim.py is the variant under test.
+    # train.py binds build_optimizer at import: it calls through to the variant of the moment.
+    variant = {}
+    optim = types.ModuleType("optim")
+    optim.build_optimizer = lambda params, *, steps_per_epoch, epochs: variant["make"](params, steps_per_epoch * epochs)
+    model_mod = _load("model", bench.repo_dir / "model.py")
+    train_mod = _load("train", bench.repo_dir / "train.py", optim=optim)
     splits = materialise_splits(bench.spec)
     tr, te = splits["train"], splits["test"]
     xtr = torch.tensor(tr.x, dtype=torch.float32).reshape(len(tr.y), -1)
@@ -66,26 +79,17 @@ def main() -> None:
     epochs, batch = bench.spec.budget.epochs, bench.spec.budget.batch_size
 
     def test_accuracy(make, seed: int) -> float:
+        variant["make"] = make
         torch.manual_seed(seed)
-        gen = torch.Generator().manual_seed(seed)
         model = model_mod.build_model((xtr.shape[1],), 10)
-        n = len(ytr)
-        opt, sched = make(model.parameters(), ((n + batch - 1) // batch) * epochs)
-        loss_fn = nn.CrossEntropyLoss()
-        for _ in range(epochs):  # the loop of the baseline's train.py
-            order = torch.randperm(n, generator=gen)
-            for start in range(0, n, batch):
-                idx = order[start:start + batch]
-                loss = loss_fn(model(xtr[idx]), ytr[idx])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                if sched is not None:
-                    sched.step()
+        train_mod.fit(model, xtr, ytr, epochs=epochs, batch_size=batch, generator=torch.Generator().manual_seed(seed),
+                      device="cpu")
+        model.eval()
         with torch.no_grad():
             return float((model(xte).argmax(1) == yte).float().mean())
 
-    print(f"digits-mlp, {epochs} epochs, batch {batch}, test {len(yte)} examples, {args.seeds} seeds each")
+    print(f"digits-mlp, {epochs} epochs, batch {batch}, test {len(yte)} examples, {args.seeds} seeds each "
+          "(the baseline's train.py and model.py, in-process, no sandbox)")
     for name, make in VARIANTS.items():
         accs = [test_accuracy(make, s) for s in range(args.seeds)]
         print(f"  {name:36s} test accuracy {np.mean(accs):.4f} (sd {np.std(accs, ddof=1):.4f})", flush=True)
