@@ -8,6 +8,7 @@ out of the cycle check (they never run) but count for "never reaches the engine"
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,6 +18,7 @@ PACKAGES = {"autoresearch": "autoresearch", "agent": "autoresearch.agent", "sand
 LONG = 420  # "no product module over ~400 lines without a reason written at its top"
 
 
+@functools.cache
 def product_modules() -> dict[str, Path]:
     out = {}
     for folder, package in PACKAGES.items():
