@@ -56,21 +56,22 @@ def run_facts(engine: "RunEngine") -> RunFacts:
                     isolation=engine.isolation, device=engine.device, env=engine.env)
 
 
-def change_files(engine: "RunEngine", record: ProposalRecord) -> tuple[dict, dict] | None:
-    """(incumbent files, candidate files) of a proposal with a commit of its own, else None."""
+def change_files(engine: "RunEngine", record: ProposalRecord, row: dict | None = None) -> tuple[dict, dict] | None:
+    """(incumbent files, candidate files) of a proposal with a commit of its own, else None
+    (``row``: its ledger row, where the caller has read it already)."""
     if not record.commit or record.reason in NOT_APPLIED:
         return None
     try:
-        parent = engine.ledger.proposal(engine.run_id, record.idx)["parent_commit"]
+        parent = (row or engine.ledger.proposal(engine.run_id, record.idx))["parent_commit"]
         return engine.repo.files_at(parent), engine.repo.files_at(record.commit)
     except Exception:  # the report must not die on a repo it cannot read; the diff stands
         return None
 
 
 def proposal_context(engine: "RunEngine", record: ProposalRecord) -> ProposalContext:
-    return ProposalContext(row=engine.ledger.proposal(engine.run_id, record.idx) or {},
-                           llm=engine.ledger.llm_totals(engine.run_id, record.idx),
-                           journal=read_journal(engine.run_dir, record.idx), files=change_files(engine, record))
+    row = engine.ledger.proposal(engine.run_id, record.idx) or {}
+    return ProposalContext(row=row, llm=engine.ledger.llm_totals(engine.run_id, record.idx),
+                           journal=read_journal(engine.run_dir, record.idx), files=change_files(engine, record, row or None))
 
 
 def finish_proposal(engine: "RunEngine", record: ProposalRecord, parent: str, new_files: dict[str, str] | None) -> None:
