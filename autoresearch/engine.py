@@ -105,9 +105,10 @@ class RunEngine:
         return self.trials.smoke(files)
 
     def run_trials(self, files: dict[str, str], seeds: list[int], *, role: str,
-                   proposal_idx: int | None = None) -> list[TrialRecord]:
-        """Train+predict+score one code version on seeds, reusing every finished trial of the same key."""
-        return self.trials.run(files, seeds, role=role, proposal_idx=proposal_idx)
+                   proposal_idx: int | None = None, ahead: list[list[int]] = ()) -> list[TrialRecord]:
+        """Train+predict+score one code version on seeds, reusing every finished trial of the same key
+        (``ahead``: seeds a later look may want, trained with these when that pays; TrialCache.run)."""
+        return self.trials.run(files, seeds, role=role, proposal_idx=proposal_idx, ahead=ahead)
 
     # ------------------------------------------------------------------ proposals
 
@@ -127,8 +128,9 @@ class RunEngine:
         _, files = self.incumbent
         return self._incumbent_trials(files, self.gate_seeds[:seeds or self.gate.stages[0]])
 
-    def _incumbent_trials(self, files: dict[str, str], seeds: list[int]) -> list[TrialRecord]:
-        trials = self.run_trials(files, seeds, role="incumbent")
+    def _incumbent_trials(self, files: dict[str, str], seeds: list[int],
+                          ahead: list[list[int]] = ()) -> list[TrialRecord]:
+        trials = self.run_trials(files, seeds, role="incumbent", ahead=ahead)
         bad = [t for t in trials if not t.ok]
         if bad:
             raise RuntimeError(f"the incumbent itself failed on seed {bad[0].seed}: {bad[0].status}: {bad[0].detail}\n"
@@ -285,13 +287,17 @@ class RunEngine:
         """The sequential gate (autoresearch.gate): at each look, the first stages[i] gate seeds of both
         arms (trials of earlier looks and the incumbent's are cached), failure and integrity checks,
         then one decide_stage; the first look that accepts or rejects ends it. ``keep_going``: asked
-        before each look (a speculative gate stops when the incumbent moves; a judge's never does)."""
-        for stage, count in enumerate(self.gate.stages):
+        before each look (a speculative gate stops when the incumbent moves; a judge's never does).
+        A look that starts a sandbox may train the next look's seeds in it too (TrialCache.ahead_pays:
+        where seeds are cheap beside a sandbox's start); the look decides on its own seeds only."""
+        stages = self.gate.stages
+        for stage, count in enumerate(stages):
             if not keep_going():
                 return
             seeds = self.gate_seeds[:count]
-            record.incumbent_trials = self._incumbent_trials(incumbent_files, seeds)
-            cand = self.run_trials(new_files, seeds, role="candidate", proposal_idx=record.idx)
+            ahead = [self.gate_seeds[a:b] for a, b in zip(stages[stage:], stages[stage + 1:])]
+            record.incumbent_trials = self._incumbent_trials(incumbent_files, seeds, ahead)
+            cand = self.run_trials(new_files, seeds, role="candidate", proposal_idx=record.idx, ahead=ahead)
             record.candidate_trials = cand
             if self._failed(record, cand):
                 return

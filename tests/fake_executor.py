@@ -88,8 +88,12 @@ class FakeExecutor:
     asked (for tests that count trials); ``slots`` only changes how the engine batches seeds."""
 
     def __init__(self, behaviour: Callable[[dict[str, str], TrialRequest], Behaviour] = digits_behaviour,
-                 slots: int = 1, delay: float = 0.0, smoke_delay: float | None = None):
+                 slots: int = 1, delay: float = 0.0, smoke_delay: float | None = None,
+                 sandbox_seconds: float = 0.0, seed_seconds: float = 0.01):
         self.behaviour = behaviour
+        # The timings each output reports (nothing sleeps): a phase sandbox's wall time and one
+        # seed's child, which the engine's training-ahead rule reads (TrialCache.ahead_pays).
+        self.sandbox_seconds, self.seed_seconds = sandbox_seconds, seed_seconds
         self.slots = slots
         self.delay = delay  # seconds each request takes, as if it trained
         self.smoke_delay = delay if smoke_delay is None else smoke_delay  # ... each smoke run (the agent's check)
@@ -128,7 +132,8 @@ class FakeExecutor:
                         "compute": {"train_examples": n_train // 2, "other_examples": 0, "optimizer_steps": 10},
                         "sketch": {}, "determinism": {"deterministic_algorithms": True}}
         return TrialOutput(seed=seed, status=TrialStatus.OK, detail="", isolation=req.isolation,
-                           train=PhaseTiming(run=0.01), predict=PhaseTiming(run=0.01), train_report=train_report,
+                           train=PhaseTiming(run=self.seed_seconds, sandbox=self.sandbox_seconds),
+                           predict=PhaseTiming(run=0.01), train_report=train_report,
                            predict_report={"predict_seconds": 0.01, "compute": {}}, logits=_npy(logits),
                            check=_npy(check), log_tail="", device=device)
 
