@@ -2,8 +2,10 @@
 
 In order, cheapest first: parse it, apply it to the incumbent (confined to the editable set),
 compile and read it statically (pyflakes: undefined names; a function the harness may call
-removed), refuse a repeat of an earlier change (the same files, or the same kind of change, as
-autoresearch.describe says it, that was already measured not better than this same incumbent),
+removed), refuse a change that cannot change behaviour (comments, docstrings, an optimizer argument
+written at its default: directions.same_behaviour), refuse a repeat of an earlier change (the same
+files, or the same kind of change, as autoresearch.describe says it, that was already measured not
+better than this same incumbent),
 then a smoke run in the sandbox (the engine's
 one-epoch run on a slice of the train split). Each failure names the check, so the loop can send
 it back as a repair round; out of rounds, the reply is recorded with that reason and never trained.
@@ -17,6 +19,7 @@ from typing import Callable
 
 from autoresearch.agent.proposal import (ApplyFailed, Edit, InvalidProposal, NotEditable, Proposal,
                                          ProposalRejected, apply_proposal, parse_reply)
+from autoresearch.agent.directions import same_behaviour
 from autoresearch.agent_port import PastProposal
 from autoresearch.describe import describe_change
 from autoresearch.reasons import Reason
@@ -165,6 +168,10 @@ def check_reply(raw: str, files: dict[str, str], editable, history: list[PastPro
     problem = static_problem(files, new_files)
     if problem:
         raise StaticCheckFailed(problem)
+    if same_behaviour(files, new_files):
+        raise DuplicateProposal("duplicate: your change computes exactly what the current code computes (it changes "
+                                "only comments, docstrings, layout, or writes out an optimizer argument at its "
+                                "default value); change a value or the code itself")
     change = change_hash(new_files)
     for p in history:
         if p.change_hash == change:

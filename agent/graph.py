@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict
 
 from autoresearch.agent.checks import SmokeFailed, check_name, check_reply, final_verdict, smoke_problem
+from autoresearch.agent.directions import untried_hint
 from autoresearch.agent.session import LLMSession
 from autoresearch.agent.prompts import build_messages, example_proposal, prompt_hash, repair_message
 from autoresearch.agent.proposal import (EditFormat, Proposal, ProposalRejected, choose_edit_format,
@@ -138,8 +139,10 @@ def build_graph(ctx: AgentContext):
             ctx.rounds += 1
             port.stage(f"reply {state['attempt']} for proposal {state['idx']} failed the {name} check: "
                        f"{' '.join(str(exc).split())[:120]}; asking for a repair")
+            hint = untried_hint(state["files"], port.task.editable,
+                                [p for p in state["history"] if p.idx != state["idx"]]) if name == "duplicate" else ""
             messages = state["messages"] + [{"role": "assistant", "content": state["raw"]},
-                                            repair_message(name, str(exc), port.task.editable, ctx.edit_format)]
+                                            repair_message(name, str(exc), port.task.editable, ctx.edit_format, hint)]
             return {"retry": True, "messages": messages, "parsed": None}
         return {"retry": False, "parsed": final_verdict(state["raw"], exc)}
 

@@ -13,6 +13,7 @@ import re
 import string
 from importlib import resources
 
+from autoresearch.agent.directions import directions_text
 from autoresearch.agent.proposal import EditFormat
 from autoresearch.agent_port import PastProposal, Task
 
@@ -151,7 +152,7 @@ def build_messages(task: Task, idea: str, files: dict[str, str], history: list[P
     user = _fill("proposal.md", idea=idea or "(no idea given: improve the metric)", benchmark=task.benchmark,
                  description=task.description, metric=task.metric, metric_name=metric_name, budget=task.budget,
                  roles=file_roles(files, task.editable), files=shown, history=history_text(history, metric_name),
-                 task=task_text)
+                 directions=directions_text(files, task.editable, history), task=task_text)
     system = _fill("system.md", format=_fill(f"format-{edit_format}.md"))
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
@@ -168,8 +169,12 @@ PROBLEM = {
 }
 
 
-def repair_message(check: str, error: str, editable, edit_format: EditFormat) -> dict:
+def repair_message(check: str, error: str, editable, edit_format: EditFormat, hint: str = "") -> dict:
+    """The next user turn after a failed check. ``hint``: what the run has not tried yet on the
+    current code (directions.untried_hint), said after a repeat so the model has somewhere to go."""
     problem = PROBLEM.get(check, PROBLEM["parse"]).format(error=error.strip())
+    if hint:
+        problem += " " + hint
     if check == "apply" and "change nothing" in error:
         problem = ("Your reply repeats the current code unchanged. Write the file WITH your change made in it "
                    "(a different optimizer, setting, layer or loop: a real change that pursues the idea).")

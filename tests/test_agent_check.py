@@ -103,3 +103,25 @@ def test_a_smoke_traceback_shows_frames_and_the_error_not_position_markers():
     assert "^" not in shown and "~" not in shown
     assert shown.endswith("ValueError: optimizer got an empty parameter list")
     assert 'File "/sandbox/repo/f3.py"' in shown  # 11 lines of frames kept, where markers took half before
+
+
+# --------------------------------------------------------------------------- changes that compute the same
+
+
+def test_same_behaviour_sees_through_comments_docstrings_and_spelled_out_defaults_only():
+    from autoresearch.agent.directions import same_behaviour
+
+    old = {"optim.py": ADAM}
+    assert same_behaviour(old, {"optim.py": ADAM.replace('"""Opt."""', '"""The optimizer."""')})
+    assert same_behaviour(old, {"optim.py": ADAM.replace("(params)", "(params, lr=1e-3, weight_decay=0)  # explicit")})
+    from_import = ADAM.replace("import torch\n", "import torch\nfrom torch.optim import Adam\n")
+    assert same_behaviour({"optim.py": from_import.replace("torch.optim.Adam(params)", "Adam(params)")},
+                          {"optim.py": from_import.replace("torch.optim.Adam(params)", "Adam(params, lr=0.001)")})
+    # Real changes: another value, another argument, a new file, a file that does not parse.
+    assert not same_behaviour(old, {"optim.py": ADAM.replace("(params)", "(params, lr=3e-3)")})
+    assert not same_behaviour(old, {"optim.py": ADAM.replace("(params)", "(params, amsgrad=True)")})
+    assert not same_behaviour(old, {**old, "extra.py": "X = 1\n"})
+    assert not same_behaviour(old, {"optim.py": ADAM + "def broken(:\n"})
+    # A class of the repo's own called Adam is not torch's: its arguments are never dropped.
+    own = "class Adam:\n    def __init__(self, p, lr=1e-3):\n        self.lr = lr\n\n\ndef f(p):\n    return Adam(p)\n"
+    assert not same_behaviour({"optim.py": own}, {"optim.py": own.replace("Adam(p)\n", "Adam(p, lr=1e-3)\n")})

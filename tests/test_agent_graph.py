@@ -233,3 +233,60 @@ def test_a_reply_that_changes_nothing_is_told_so():
     _, llm = run(port, [whole_file(DIGITS_FILES["optim.py"]), whole_file(ADAM_OPTIM)])
     assert "repeats the current code unchanged" in llm.calls[1][-1]["content"]
     assert reasons(port) == ["accepted"] and [r.check for r in port.rounds] == ["apply", "ok"]
+
+
+# --------------------------------------------------------------------------- what is left to try
+
+def test_a_change_that_computes_the_same_is_a_repair_round_not_a_trial():
+    """Comments, a docstring, or Adam's lr written at its default: nothing the code computes can
+    differ, so no smoke run and no gate trial is spent on it; the model is asked again."""
+    commented = ADAM_OPTIM.replace("    scheduler = None", "    # no schedule: Adam adapts each step\n    scheduler = None")
+    spelled_out = ADAM_OPTIM.replace("torch.optim.Adam(params, lr=1e-3)", "torch.optim.Adam(params, lr=0.001, eps=1e-08)")
+    port = FakePort(proposals=2, repair_rounds=1, files={**DIGITS_FILES, "optim.py": ADAM_OPTIM})
+    faster = ADAM_OPTIM.replace("lr=1e-3)", "lr=3e-3)")
+    _, llm = run(port, [whole_file(commented, "Adam, commented"), whole_file(spelled_out, "Adam, explicit"),
+                        whole_file(spelled_out, "Adam, explicit"), whole_file(faster, "Adam, lr 3e-3")])
+    assert [r.check for r in port.rounds] == ["duplicate", "duplicate", "duplicate", "ok"]
+    assert "computes exactly what the current code computes" in llm.calls[1][-1]["content"]
+    assert reasons(port) == ["duplicate", "accepted"] and len(port.smoked) == 1  # only lr 3e-3 was smoked
+
+
+def test_the_prompt_lists_settings_not_yet_tried_and_kinds_measured_not_better():
+    from autoresearch.agent.directions import directions_text
+    from autoresearch.describe import describe_change
+
+    adam = {**DIGITS_FILES, "optim.py": ADAM_OPTIM}
+    first = directions_text(DIGITS_FILES, ["model.py", "optim.py", "train.py"], [])
+    assert "optim.py: torch.optim.SGD lr=0.01" in first
+    assert "torch.optim.SGD momentum=0 (its default; not written in the code)" in first
+
+    def past(idx, decision, reason, old, new):
+        return PastProposal(idx=idx, title="t", decision=decision, reason=reason, detail="",
+                            changes=tuple(describe_change(old, new)), val_candidate=0.9, val_incumbent=0.9, seeds=2,
+                            change_hash=str(idx))
+
+    cosine = {**adam, "optim.py": ADAM_OPTIM.replace(
+        "    scheduler = None", "    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=100)")}
+    faster = {**adam, "optim.py": ADAM_OPTIM.replace("lr=1e-3)", "lr=3e-3)")}
+    history = [past(1, "accepted", "accepted", DIGITS_FILES, adam), past(2, "rejected", "not_better", adam, cosine),
+               past(3, "rejected", "not_better", adam, faster)]
+    text = directions_text(adam, ["optim.py"], history)
+    assert "Settings already changed on the current code: Adam lr" in text
+    assert "CosineAnnealingLR" in text.split("NOT better")[1] and "Adam lr 1e-3 -> 3e-3" in text
+    assert "torch.optim.Adam weight_decay=0 (its default" in text.split("already changed")[0]
+    # Before the acceptance, the same proposals were judged against other code: they do not count.
+    assert "NOT better" not in directions_text(adam, ["optim.py"], history[:1] + [
+        past(4, "accepted", "accepted", adam, adam)])
+
+
+def test_a_repeat_is_told_which_settings_are_not_yet_tried():
+    port = FakePort(proposals=2, repair_rounds=1, decide=lambda idx, p: ("rejected", "not_better", 0.6, 0.62),
+                    files={**DIGITS_FILES, "optim.py": ADAM_OPTIM})
+    cosine = ADAM_OPTIM.replace("    scheduler = None",
+                                "    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=100)")
+    _, llm = run(port, [whole_file(cosine, "Cosine"), whole_file(cosine.replace("T_max=100", "T_max=50"), "Cosine 50"),
+                        whole_file(ADAM_OPTIM.replace("lr=1e-3)", "lr=1e-2)"), "Adam lr 1e-2")])
+    repair = llm.calls[2][-1]["content"]
+    assert "the same kind of change as proposal #1" in repair
+    assert "Not yet tried on the current code: changing Adam lr (now 1e-3)" in repair
+    assert reasons(port) == ["not_better", "not_better"] and len(port.smoked) == 2

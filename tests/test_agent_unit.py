@@ -115,10 +115,10 @@ def test_resume_evaluates_stored_reply_without_new_call(tiny_bench, tmp_path, mo
     engine = make_engine(tiny_bench, tmp_path, proposals=2)
     real = engine.run_trials
 
-    def dying(files, seeds, *, role, proposal_idx=None):
+    def dying(files, seeds, *, role, proposal_idx=None, ahead=()):
         if role == "candidate":
             raise _Killed()
-        return real(files, seeds, role=role, proposal_idx=proposal_idx)
+        return real(files, seeds, role=role, proposal_idx=proposal_idx, ahead=ahead)
 
     monkeypatch.setattr(engine, "run_trials", dying)
     with pytest.raises(_Killed):

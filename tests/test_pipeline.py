@@ -212,7 +212,10 @@ def test_the_agent_default_is_not_to_pipeline(tmp_path, monkeypatch):
     assert not engine.pipelining
 
 
-DOCSTRING_REPLY = json.loads(DOCSTRING)
+# A change far from the optimizer's line that merges with momentum. (A docstring alone never reaches
+# the gate from the agent: it computes what the current code computes, a `duplicate` repair round.)
+CONSTANT_REPLY = {"title": "Clipping constant", "hypothesis": "h", "edits": [
+    {"path": "optim.py", "search": "import torch\n", "replace": "import torch\nGRAD_CLIP = None  # clipping: off\n"}]}
 ADAM_ON_MOMENTUM_REPLY = json.loads(ADAM_ON_MOMENTUM)
 LR_ON_MOMENTUM_REPLY = {"title": "Larger step with momentum", "hypothesis": "h", "edits": [
     {"path": "optim.py", "search": "lr=0.01, momentum=0.9", "replace": "lr=0.02, momentum=0.9"}]}
@@ -220,12 +223,12 @@ LR_ON_MOMENTUM_REPLY = {"title": "Larger step with momentum", "hypothesis": "h",
 
 @pytest.mark.parametrize("slots", [1, 2])
 def test_a_draft_is_rebased_onto_a_moved_incumbent_or_recorded_stale(tmp_path, monkeypatch, slots):
-    """Proposal j is drafted from decision j-2. #2 (docstring) was drafted on the baseline, #1
+    """Proposal j is drafted from decision j-2. #2 (a constant) was drafted on the baseline, #1
     (momentum) was then accepted: its change merges into optim.py and the merged code is judged.
     #4 was drafted on momentum, #3 (Adam) was then accepted and rewrote the same line: stale."""
     from autoresearch.agent.loop import LLMSession, run_agent
 
-    replies = [MOMENTUM_REPLY, json.dumps(DOCSTRING_REPLY), json.dumps(ADAM_ON_MOMENTUM_REPLY),
+    replies = [MOMENTUM_REPLY, json.dumps(CONSTANT_REPLY), json.dumps(ADAM_ON_MOMENTUM_REPLY),
                json.dumps(LR_ON_MOMENTUM_REPLY)]
     engine = _agent_engine(tmp_path, monkeypatch, FakeExecutor().run, slots=slots, pipeline=True, proposals=4)
     llm = FakeLLM(replies)
@@ -234,15 +237,14 @@ def test_a_draft_is_rebased_onto_a_moved_incumbent_or_recorded_stale(tmp_path, m
     assert [r["reason"] for r in rows] == ["accepted", "not_better", "accepted", "stale"]
     repo = engine.repo
     first, second, third, fourth = rows
-    # #2: judged on momentum + its docstring, against momentum; its diff is the docstring alone.
+    # #2: judged on momentum + its constant, against momentum; its diff is the constant alone.
     draft = json.loads(second["draft_json"])
     assert draft["drafted_on"] == repo.baseline and draft["seen_upto"] == 0
     assert draft["rebased_onto"] == first["commit_sha"] == second["parent_commit"] and draft["merged"] == ["optim.py"]
     judged = repo.files_at(second["commit_sha"])["optim.py"]
-    assert "momentum=0.9" in judged and "plain SGD at a fixed" in judged
+    assert "momentum=0.9" in judged and "GRAD_CLIP = None" in judged
     changed = [line for line in second["diff"].splitlines() if line[:1] in "+-" and line[:3] not in ("+++", "---")]
-    assert changed == ["-    Baseline: plain stochastic gradient descent at a fixed learning rate, no schedule.",
-                       "+    Baseline: plain SGD at a fixed learning rate, no schedule."]
+    assert changed == ["+GRAD_CLIP = None  # clipping: off"]
     # What the agent saw when drafting #2: the baseline and no decision (#1's reply was not in its prompt).
     assert "momentum=0.9" not in llm.calls[1][1]["content"] and "(none yet)" in llm.calls[1][1]["content"]
     # #4: drafted on momentum (#1), stale after #3; never trained as what it was drafted against.

@@ -1,0 +1,258 @@
+"""The settings of the current code, and which of them the run has already tried on it.
+
+A small model that has just had a change accepted tends to propose the same kind of change again and
+again (a learning-rate schedule under a new title each time) and never the setting that matters most
+(the new optimizer's rate). The prompt therefore lists, from the incumbent's code and not from any
+model's words:
+
+- the settings a proposal could change: every numeric keyword argument written in a call of an
+  editable file, and the learning rate, momentum and weight decay of a ``torch.optim`` optimizer
+  even where the code leaves them at the class's default (read from its signature);
+- which of them a proposal since the last acceptance already changed (autoresearch.describe's lines
+  name the call and the argument), and the kinds of change measured on this code and not better.
+
+Also here: ``same_behaviour`` says when two versions of the files differ only in what cannot change
+what they compute (comments, docstrings, layout, an optimizer argument spelled out at its default),
+so such a reply gets a repair round instead of a gate's trials.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import inspect
+from dataclasses import dataclass
+
+from autoresearch.agent_port import PastProposal
+from autoresearch.reasons import Reason
+
+# Optimizer arguments worth naming even when the code leaves them at their default.
+OPTIMIZER_KNOBS = ("lr", "momentum", "weight_decay")
+MAX_SETTINGS = 8
+
+
+@dataclass(frozen=True)
+class Setting:
+    path: str
+    call: str          # as written: "torch.optim.AdamW"
+    arg: str           # "lr"
+    value: str         # "0.001"
+    default: bool      # not written in the code: the class's default
+
+    @property
+    def short(self) -> str:
+        return self.call.rsplit(".", 1)[-1]
+
+    def text(self) -> str:
+        where = f"{self.path}: {self.call} {self.arg}={self.value}"
+        return where + (" (its default; not written in the code)" if self.default else "")
+
+
+def _dotted(node: ast.AST) -> str:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        inner = _dotted(node.value)
+        return f"{inner}.{node.attr}" if inner else ""
+    return ""
+
+
+def _number(node: ast.AST) -> float | int | None:
+    """The value of a numeric literal (a leading minus included), else None. Booleans are not numbers here."""
+    try:
+        value = ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return None
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _from_torch_optim(tree: ast.Module) -> dict[str, str]:
+    """Bare names bound by `from torch.optim import X` (and lr_scheduler): name -> the class's name."""
+    found = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module in ("torch.optim", "torch.optim.lr_scheduler"):
+            for alias in node.names:
+                found[alias.asname or alias.name] = alias.name
+    return found
+
+
+def torch_optim_class(dotted: str, imported: dict[str, str]):
+    """The torch.optim optimizer or lr_scheduler class a call's name refers to, or None. Only names
+    spelled through torch.optim (or `optim.`, `lr_scheduler.`, or imported from there) count: a
+    class of the repo's own named Adam is not torch's."""
+    parts = dotted.split(".")
+    if len(parts) == 1:
+        name = imported.get(dotted)
+    elif dotted.startswith(("torch.optim.", "optim.", "lr_scheduler.")):
+        name = parts[-1]
+    else:
+        return None
+    if not name:
+        return None
+    try:
+        import torch.optim
+        import torch.optim.lr_scheduler
+    except ImportError:  # the orchestrator without torch: nothing is known about defaults
+        return None
+    for module in (torch.optim, torch.optim.lr_scheduler):
+        cls = getattr(module, name, None)
+        if inspect.isclass(cls):
+            return cls
+    return None
+
+
+@functools.lru_cache(maxsize=64)
+def _defaults(cls) -> dict[str, object]:
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {n: p.default for n, p in params.items() if p.default is not inspect.Parameter.empty}
+
+
+def _is_optimizer(cls) -> bool:
+    import torch.optim
+
+    return isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)
+
+
+def settings(files: dict[str, str], editable) -> list[Setting]:
+    """The settings of the editable Python files, in file and line order."""
+    out: list[Setting] = []
+    for path in [p for p in editable if p in files and p.endswith(".py")]:
+        try:
+            tree = ast.parse(files[path])
+        except (SyntaxError, ValueError, RecursionError):
+            continue
+        imported = _from_torch_optim(tree)
+        calls = sorted((n for n in ast.walk(tree) if isinstance(n, ast.Call)), key=lambda n: (n.lineno, n.col_offset))
+        for call in calls:
+            dotted = _dotted(call.func)
+            if not dotted:
+                continue
+            written = {}
+            for kw in call.keywords:
+                value = _number(kw.value) if kw.arg else None
+                if value is not None:
+                    written[kw.arg] = value
+                    out.append(Setting(path, dotted, kw.arg, ast.get_source_segment(files[path], kw.value) or repr(value),
+                                       default=False))
+            cls = torch_optim_class(dotted, imported)
+            if cls is not None and _is_optimizer(cls):
+                defaults = _defaults(cls)
+                for knob in OPTIMIZER_KNOBS:
+                    given = knob in {kw.arg for kw in call.keywords} or (knob == "lr" and len(call.args) > 1)
+                    if knob in defaults and not given and _number(ast.Constant(defaults[knob])) is not None:
+                        out.append(Setting(path, dotted, knob, repr(defaults[knob]), default=True))
+    return out
+
+
+def since_last_acceptance(history: list[PastProposal]) -> list[PastProposal]:
+    """The proposals judged against the current incumbent (after the last accepted one)."""
+    since = history
+    for i, p in enumerate(history):
+        if p.decision == "accepted":
+            since = history[i + 1:]
+    return since
+
+
+def _tried(setting: Setting, past: list[PastProposal]) -> bool:
+    needles = (f"{setting.short} {setting.arg} ", f"{setting.short} {setting.arg}=")
+    return any(n in line for p in past for line in p.changes for n in needles)
+
+
+def directions_text(files: dict[str, str], editable, history: list[PastProposal]) -> str:
+    """The prompt's section on what to change next: settings not yet changed on the current code
+    (first) and those already changed, then the kinds of change measured on it and not better."""
+    past = since_last_acceptance(history)
+    found = settings(files, editable)
+    fresh = [s for s in found if not _tried(s, past)]
+    tried = [s for s in found if _tried(s, past)]
+    lines = []
+    if fresh:
+        lines.append("Settings of the current code no proposal has changed yet (one of them may be your change):")
+        lines += [f"- {s.text()}" for s in fresh[:MAX_SETTINGS]]
+    if tried:
+        lines.append("Settings already changed on the current code: "
+                     + "; ".join(f"{s.short} {s.arg}" for s in tried[:MAX_SETTINGS]))
+    losers = [p for p in past if p.reason == Reason.NOT_BETTER and p.changes]
+    if losers:
+        kinds = list(dict.fromkeys("; ".join(p.changes) for p in losers))
+        lines.append("Measured on the current code and NOT better (do not propose these again, in any form): "
+                     + " | ".join(kinds))
+    return "\n".join(lines) if lines else "(no numeric settings found in the editable files)"
+
+
+def untried_hint(files: dict[str, str], editable, history: list[PastProposal]) -> str:
+    """One sentence for a repair round after a repeat: the settings not yet changed, or ''."""
+    past = since_last_acceptance(history)
+    fresh = [s for s in settings(files, editable) if not _tried(s, past)]
+    if not fresh:
+        return ""
+    return "Not yet tried on the current code: " + "; ".join(
+        f"changing {s.short} {s.arg} (now {s.value})" for s in fresh[:3]) + "."
+
+
+# --------------------------------------------------------------------------- behaviour-identical changes
+
+
+class _Normalise(ast.NodeTransformer):
+    """Drops what cannot change behaviour: docstrings, and torch.optim keyword arguments written at
+    the class's default value."""
+
+    def __init__(self, imported: dict[str, str]):
+        self.imported = imported
+
+    def _body(self, body: list[ast.stmt]) -> list[ast.stmt]:
+        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                and isinstance(body[0].value.value, str):
+            body = body[1:] or [ast.Pass()]
+        return body
+
+    def generic_visit(self, node):
+        node = super().generic_visit(node)
+        if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            node.body = self._body(node.body)
+        return node
+
+    def visit_Call(self, node: ast.Call):
+        node = self.generic_visit(node)
+        cls = torch_optim_class(_dotted(node.func), self.imported)
+        if cls is not None:
+            defaults = _defaults(cls)
+            keep = []
+            for kw in node.keywords:
+                value = _number(kw.value) if kw.arg else None
+                default = defaults.get(kw.arg, inspect.Parameter.empty) if kw.arg else inspect.Parameter.empty
+                if value is not None and _number(ast.Constant(default)) is not None and value == default:
+                    continue
+                keep.append(kw)
+            node.keywords = keep
+        return node
+
+
+def _normalised(text: str) -> str | None:
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError, RecursionError):
+        return None
+    try:
+        return ast.dump(_Normalise(_from_torch_optim(tree)).visit(tree))
+    except RecursionError:
+        return None
+
+
+def same_behaviour(old: dict[str, str], new: dict[str, str]) -> bool:
+    """True when every changed file is Python that differs from the old one only in comments,
+    docstrings, layout or optimizer arguments spelled out at their defaults (nothing it computes
+    can differ). Any file added, removed or not parsable counts as a real change."""
+    changed = [p for p in set(old) | set(new) if old.get(p) != new.get(p)]
+    if not changed:
+        return True
+    for path in changed:
+        if path not in old or path not in new or not path.endswith(".py"):
+            return False
+        a, b = _normalised(old[path]), _normalised(new[path])
+        if a is None or b is None or a != b:
+            return False
+    return True
