@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import io
+import re
 from typing import Callable
 
 from autoresearch.agent.proposal import (ApplyFailed, Edit, InvalidProposal, NotEditable, Proposal,
@@ -119,6 +120,23 @@ def _insert_imports(source: str, lines: list[str]) -> str:
     return "".join(src[:at]) + "".join(line + "\n" for line in lines) + "".join(src[at:])
 
 
+def _assignment_line(source: str, name: str) -> str | None:
+    """The first statement of ``source`` that assigns ``name`` (as written, one line), or None.
+    Small models delete `optimizer = ...` while replacing it and keep using `optimizer`: the repair
+    round quotes the line they dropped instead of describing it."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError):
+        return None
+    for node in ast.walk(tree):
+        targets = node.targets if isinstance(node, ast.Assign) else \
+            [node.target] if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else []
+        if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+            text = ast.get_source_segment(source, node) or ""
+            return " ".join(text.split())[:200] or None
+    return None
+
+
 def _top_level_functions(source: str) -> set[str]:
     try:
         tree = ast.parse(source)
@@ -141,9 +159,14 @@ def static_problem(old: dict[str, str], new: dict[str, str]) -> str | None:
             return f"{path} would not compile: {exc}"
         undefined = undefined_names(text, path)
         if undefined:
-            imports = sorted({IMPORTS[n.split("'")[1]] for n in undefined if n.split("'")[1] in IMPORTS})
+            names = list(dict.fromkeys(n.split("'")[1] for n in undefined))
+            imports = sorted({IMPORTS[n] for n in names if n in IMPORTS})
+            kept = [line for n in names if (line := _assignment_line(old.get(path, ""), n))]
             return (f"{path} uses undefined name(s): {'; '.join(undefined[:5])}. "
                     + (f"Add at the top of {path}: {'; '.join(imports)}. " if imports else "")
+                    + (f"The current code assigns it in: {'; '.join(f'`{k}`' for k in kept[:3])}. Keep that line "
+                       "(with your new values, if changing them is your change) before the lines that use it. "
+                       if kept else "")
                     + "Keep every name the replaced code defined (e.g. still assign the variable you changed) "
                     "or import it.")
         removed = sorted(_top_level_functions(old.get(path, "")) - _top_level_functions(text))
@@ -218,6 +241,31 @@ def smoke_problem(result) -> str | None:
     lines = [line for line in (result.error or "").splitlines() if line.strip() and set(line.strip()) - set("^~")]
     text = "\n".join(lines[-12:])
     return f"{result.status}: {text[-1500:]}" if text else result.status
+
+
+_FRAME = re.compile(r'File "([^"\n]+)", line (\d+), in [^\n]*\n[ \t]*(\S[^\n]*)')
+
+
+def call_site_hint(error: str, files: dict[str, str], new_files: dict[str, str]) -> str:
+    """When a smoke run's error is raised from a repo file the change left as it was (train.py
+    calling `scheduler.step()` without the metric a ReduceLROnPlateau needs), say so and quote the
+    call: small models otherwise keep "fixing" the constructor they wrote. '' when the last repo
+    frame of the traceback is in a changed file, or there is none."""
+    repo_frames = []
+    for path, line, code in _FRAME.findall(error or ""):
+        name = next((p for p in sorted(new_files, key=len, reverse=True)
+                     if p.endswith(".py") and (path == p or path.endswith("/" + p))), None)
+        if name is None and "/sandbox/repo/" in path:  # a repo file the agent was not shown
+            name = path.split("/sandbox/repo/", 1)[1]
+        if name is not None:
+            repo_frames.append((name, line, code.strip()))
+    if not repo_frames:
+        return ""
+    name, line, code = repo_frames[-1]
+    if files.get(name) != new_files.get(name):
+        return ""
+    return (f"The error is raised at {name} line {line}, `{code[:160]}`, which your change leaves as it is: "
+            f"that call stays as written, so your change must work with it (or choose another change).")
 
 
 def final_verdict(raw: str, exc: ProposalRejected) -> Proposal | ProposalRejected:

@@ -22,7 +22,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict
 
-from autoresearch.agent.checks import SmokeFailed, check_name, check_reply, final_verdict, smoke_problem
+from autoresearch.agent.checks import (SmokeFailed, call_site_hint, check_name, check_reply, final_verdict,
+                                       smoke_problem)
 from autoresearch.agent.directions import untried_hint
 from autoresearch.agent.session import LLMSession
 from autoresearch.agent.prompts import build_messages, example_proposal, prompt_hash, repair_message
@@ -76,6 +77,20 @@ def verdict_without_llm(ctx: AgentContext, state: AgentState) -> Proposal | Prop
     return final_verdict(state["raw"], SmokeFailed(problem)) if problem else proposal
 
 
+# A repair round samples hotter than the first reply: a small model shown its failed reply tends to
+# send it back token for token at the client's temperature (0.7), however the failure is explained.
+REPAIR_TEMPERATURE_STEP = 0.25
+MAX_TEMPERATURE = 1.2
+
+
+def repair_temperature(client, attempt: int) -> float | None:
+    """The temperature for reply ``attempt`` of a proposal: None (the client's own) for the first."""
+    base = getattr(client, "temperature", None)
+    if attempt <= 1 or base is None:
+        return None
+    return min(MAX_TEMPERATURE, base + REPAIR_TEMPERATURE_STEP * (attempt - 1))
+
+
 def build_graph(ctx: AgentContext):
     from langgraph.graph import END, START, StateGraph
 
@@ -125,7 +140,8 @@ def build_graph(ctx: AgentContext):
         def log(**fields) -> None:
             port.log_llm_call(idx, attempt, **fields)
 
-        reply = ctx.session.client.complete(messages, log=log)
+        reply = ctx.session.client.complete(messages, log=log, temperature=repair_temperature(ctx.session.client,
+                                                                                              attempt))
         return {"attempt": attempt, "raw": reply.text, "messages": messages}
 
     def failed(state: AgentState, exc: ProposalRejected, smoke_seconds: float = 0.0) -> AgentState:
@@ -156,9 +172,12 @@ def build_graph(ctx: AgentContext):
     def smoke(state: AgentState) -> AgentState:
         port.stage(f"smoke run of proposal {state['idx']} (one epoch on a slice of the train split) ...")
         started = time.monotonic()
-        problem = smoke_problem(port.smoke(state["new_files"]))
+        result = port.smoke(state["new_files"])
+        problem = smoke_problem(result)
         seconds = time.monotonic() - started
         if problem:
+            hint = call_site_hint(result.error, state["files"], state["new_files"])
+            problem = f"{problem}\n{hint}" if hint else problem
             return failed(state, SmokeFailed(problem), seconds)
         port.note_round(Round(idx=state["idx"], attempt=state["attempt"], check="ok", edit_format=ctx.edit_format,
                               smoke_seconds=seconds))

@@ -135,8 +135,10 @@ class LLMClient:
             self.model = models[0]
         return models
 
-    def complete(self, messages: list[dict], *, log: LogFn | None = None) -> LLMReply:
-        """One chat completion; retries transient failures; raises LLMUnavailable when they persist."""
+    def complete(self, messages: list[dict], *, log: LogFn | None = None,
+                 temperature: float | None = None) -> LLMReply:
+        """One chat completion; retries transient failures; raises LLMUnavailable when they persist.
+        ``temperature``: this call's, in place of the client's."""
         import openai
 
         last_error = ""
@@ -144,7 +146,7 @@ class LLMClient:
         while attempt < self.max_attempts:
             attempt += 1
             kwargs: dict = {"model": self.model, "messages": messages, "max_tokens": self.max_tokens,
-                            "temperature": self.temperature}
+                            "temperature": self.temperature if temperature is None else temperature}
             response_format = grammar = None
             if self.edit_format == "whole-file":
                 grammar = self.grammar if self.use_grammar else None

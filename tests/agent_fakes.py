@@ -33,9 +33,11 @@ class FakeLLM:
         self.edit_format = "search-replace"  # set by the loop, as on LLMClient
         self.max_tokens = 600
         self.calls: list[list[dict]] = []
+        self.temperatures: list[float | None] = []  # what the loop asked for each call (None: the client's)
 
-    def complete(self, messages, *, log=None) -> LLMReply:
+    def complete(self, messages, *, log=None, temperature=None) -> LLMReply:
         self.calls.append([dict(m) for m in messages])
+        self.temperatures.append(temperature)
         if not self.replies:
             raise LLMUnavailable("the fake LLM's queue is empty")
         text = self.replies.pop(0)

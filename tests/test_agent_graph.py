@@ -290,3 +290,38 @@ def test_a_repeat_is_told_which_settings_are_not_yet_tried():
     assert "the same kind of change as proposal #1" in repair
     assert "Not yet tried on the current code: changing Adam lr (now 1e-3)" in repair
     assert reasons(port) == ["not_better", "not_better"] and len(port.smoked) == 2
+
+
+# --------------------------------------------------------------------------- repair rounds that lead somewhere
+
+PLATEAU = ADAM_OPTIM.replace("    scheduler = None", "    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)")
+PLATEAU_ERROR = ("crash: train exited with code 1: TypeError: ReduceLROnPlateau.step() missing 1 required positional "
+                 "argument: 'metrics'\nTraceback (most recent call last):\n"
+                 '  File "/sandbox/harness/runtime.py", line 181, in run\n    code = int(body(work, *args) or 0)\n'
+                 '  File "/sandbox/repo/train.py", line 28, in fit\n    scheduler.step()\n'
+                 "TypeError: ReduceLROnPlateau.step() missing 1 required positional argument: 'metrics'")
+
+
+def test_a_smoke_error_raised_from_a_file_the_change_left_alone_quotes_that_call():
+    port = FakePort(proposals=1, repair_rounds=1, files={**DIGITS_FILES, "optim.py": ADAM_OPTIM},
+                    smoke=[FakeSmoke(ok=False, status="crash", error=PLATEAU_ERROR)])
+    _, llm = run(port, [whole_file(PLATEAU, "Plateau"), whole_file(ADAM_OPTIM.replace("lr=1e-3)", "lr=3e-3)"))])
+    repair = llm.calls[1][-1]["content"]
+    assert "train.py line 28, `scheduler.step()`, which your change leaves as it is" in repair
+    # An error in the file the change wrote is the change's own: no such sentence.
+    from autoresearch.agent.checks import call_site_hint
+
+    in_optim = PLATEAU_ERROR.replace('"/sandbox/repo/train.py", line 28, in fit\n    scheduler.step()',
+                                     '"/sandbox/repo/optim.py", line 12, in build_optimizer\n    x = 1')
+    old, new = {**DIGITS_FILES, "optim.py": ADAM_OPTIM}, {**DIGITS_FILES, "optim.py": PLATEAU}
+    assert call_site_hint(in_optim, old, new) == "" and call_site_hint(PLATEAU_ERROR, old, new)
+
+
+def test_a_dropped_assignment_is_quoted_back_and_repairs_sample_hotter():
+    port = FakePort(proposals=1, repair_rounds=2)
+    dropped = DIGITS_FILES["optim.py"].replace("    optimizer = torch.optim.SGD(params, lr=0.01)\n", "    lr = 0.01\n")
+    llm = FakeLLM([whole_file(dropped), whole_file(dropped), whole_file(ADAM_OPTIM)], model=SMALL)
+    llm.temperature = 0.7
+    run_agent(port, LLMSession(client=llm))
+    assert "The current code assigns it in: `optimizer = torch.optim.SGD(params, lr=0.01)`" in llm.calls[1][-1]["content"]
+    assert llm.temperatures == [None, 0.95, 1.2] and reasons(port) == ["accepted"]

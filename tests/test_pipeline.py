@@ -186,14 +186,14 @@ def test_the_agent_asks_for_the_next_proposal_while_trials_run(tmp_path, monkeyp
     blocking = Blocking(lambda files: "momentum=0.9" in files.get("optim.py", ""), events)
 
     class Recording(FakeLLM):
-        def complete(self, messages, *, log=None):
+        def complete(self, messages, *, log=None, temperature=None):
             if len(self.calls) + 1 == 2:
                 # The agent may get here before the judge has started proposal 1's trials: wait for
                 # them (without pipelining they would be over by now), then release them.
                 blocking.held.wait(10)
                 blocking.note("llm-2")
                 blocking.release.set()
-            return super().complete(messages, log=log)
+            return super().complete(messages, log=log, temperature=temperature)
 
     engine = _agent_engine(tmp_path, monkeypatch, blocking, slots=1, pipeline=True, proposals=2)
     assert engine.pipelining
