@@ -125,3 +125,22 @@ def test_same_behaviour_sees_through_comments_docstrings_and_spelled_out_default
     # A class of the repo's own called Adam is not torch's: its arguments are never dropped.
     own = "class Adam:\n    def __init__(self, p, lr=1e-3):\n        self.lr = lr\n\n\ndef f(p):\n    return Adam(p)\n"
     assert not same_behaviour({"optim.py": own}, {"optim.py": own.replace("Adam(p)\n", "Adam(p, lr=1e-3)\n")})
+
+
+def test_parsing_is_serialised_across_threads():
+    """CPython 3.11's AST conversion is not thread-safe (parse_lock); with pipelining the agent,
+    the judge and the live view parse in different threads. Every ast.parse (literal_eval's too)
+    waits for the one lock."""
+    import ast
+    import threading
+
+    import autoresearch  # noqa: F401  (installs the lock)
+    from autoresearch.parse_lock import LOCK
+
+    done = threading.Event()
+    with LOCK:
+        worker = threading.Thread(target=lambda: (ast.literal_eval("{'a': (1, 2)}"), done.set()))
+        worker.start()
+        assert not done.wait(0.3), "a parse ran while another thread held the parse lock"
+    assert done.wait(5)
+    worker.join()
