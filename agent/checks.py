@@ -20,7 +20,7 @@ from typing import Callable
 
 from autoresearch.agent.proposal import (ApplyFailed, Edit, InvalidProposal, NotEditable, Proposal,
                                          ProposalRejected, apply_proposal, parse_reply)
-from autoresearch.agent.directions import same_behaviour
+from autoresearch.agent.directions import same_behaviour, since_last_acceptance
 from autoresearch.agent_port import PastProposal
 from autoresearch.describe import describe_change
 from autoresearch.reasons import Reason
@@ -218,11 +218,7 @@ def same_kind_measured(files: dict[str, str], new_files: dict[str, str],
     judged against the current code; once it moves, an old idea may pay), and only those that ran
     and lost (a crash says nothing about the idea). Small models re-propose a rejected change under a
     new title; the proposal budget is better spent on another idea."""
-    since = history
-    for i, p in enumerate(history):
-        if p.decision == "accepted":
-            since = history[i + 1:]
-    losers = [p for p in since if p.reason == Reason.NOT_BETTER and p.changes]
+    losers = [p for p in since_last_acceptance(history) if p.reason == Reason.NOT_BETTER and p.changes]
     if not losers:
         return None
     try:

@@ -24,6 +24,7 @@ import inspect
 from dataclasses import dataclass
 
 from autoresearch.agent_port import PastProposal
+from autoresearch.describe import _dotted
 from autoresearch.reasons import Reason
 
 # Optimizer arguments worth naming even when the code leaves them at their default.
@@ -46,15 +47,6 @@ class Setting:
     def text(self) -> str:
         where = f"{self.path}: {self.call} {self.arg}={self.value}"
         return where + (" (its default; not written in the code)" if self.default else "")
-
-
-def _dotted(node: ast.AST) -> str:
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Attribute):
-        inner = _dotted(node.value)
-        return f"{inner}.{node.attr}" if inner else ""
-    return ""
 
 
 def _number(node: ast.AST) -> float | int | None:
@@ -128,7 +120,7 @@ def settings(files: dict[str, str], editable) -> list[Setting]:
         calls = sorted((n for n in ast.walk(tree) if isinstance(n, ast.Call)), key=lambda n: (n.lineno, n.col_offset))
         for call in calls:
             dotted = _dotted(call.func)
-            if not dotted:
+            if "<expr>" in dotted:  # a call through an expression names no setting
                 continue
             written = {}
             for kw in call.keywords:
