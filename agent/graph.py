@@ -59,9 +59,14 @@ class AgentContext:
     submitted: int = 0            # pipelining: the highest index handed to the judge in this session
 
 
+def _earlier(state: AgentState) -> list[PastProposal]:
+    """The history a reply is checked against: every proposal but the one being worked on."""
+    return [p for p in state["history"] if p.idx != state["idx"]]
+
+
 def _check(ctx: AgentContext, state: AgentState) -> tuple[Proposal, dict[str, str]]:
     files = state["files"]
-    history = [p for p in state["history"] if p.idx != state["idx"]]
+    history = _earlier(state)
     example = example_proposal(files, ctx.port.task.editable) if ctx.edit_format == "search-replace" else None
     return check_reply(state["raw"], files, ctx.port.task.editable, history, change_hash=ctx.port.change_hash,
                        example=example)
@@ -155,8 +160,7 @@ def build_graph(ctx: AgentContext):
             ctx.rounds += 1
             port.stage(f"reply {state['attempt']} for proposal {state['idx']} failed the {name} check: "
                        f"{' '.join(str(exc).split())[:120]}; asking for a repair")
-            hint = untried_hint(state["files"], port.task.editable,
-                                [p for p in state["history"] if p.idx != state["idx"]]) if name == "duplicate" else ""
+            hint = untried_hint(state["files"], port.task.editable, _earlier(state)) if name == "duplicate" else ""
             messages = state["messages"] + [{"role": "assistant", "content": state["raw"]},
                                             repair_message(name, str(exc), port.task.editable, ctx.edit_format, hint)]
             return {"retry": True, "messages": messages, "parsed": None}

@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -96,15 +95,10 @@ def measure(benchmark: str, seeds: int) -> dict:
 def landed_figure(ref: str, benchmark: str, seeds: int) -> float:
     """This script's 'time per gated proposal' for the code at ``ref``: a copy of that tree's package
     put first on the path (the editable install's finder comes after every path entry)."""
-    root = Path(__file__).resolve().parent.parent
+    from bench_slots import package_at  # this script's folder is first on sys.path
+
     with tempfile.TemporaryDirectory() as tmp:
-        src, pkg = Path(tmp) / "src", Path(tmp) / "pkg"
-        src.mkdir()
-        archive = subprocess.run(["git", "-C", str(root), "archive", ref], check=True, capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
-        shutil.copytree(src / "autoresearch", pkg / "autoresearch")
-        for folder in ("agent", "sandbox", "baselines", "prompts"):  # the package-dir mapping of pyproject.toml
-            shutil.copytree(src / folder, pkg / "autoresearch" / folder)
+        pkg = package_at(ref, Path(tmp))
         # This script (not the one at ref) on ref's package: the same measure of the older code.
         out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--seeds", str(seeds),
                               "--benchmark", benchmark], check=True, capture_output=True, text=True,
