@@ -313,6 +313,7 @@ def _execute(config, *, lines, run_dir, slots=None, isolation=None) -> None:
     finally:
         if agent_session is not None:
             agent_session.close()
+        getattr(engine.executor, "close", lambda: None)()  # the slots' sandboxes started ahead
     console.print(f"\n[bold]headline:[/] {headline.get('detail')}", highlight=False)
     console.print(f"report: {engine.run_dir / 'REPORT.md'}", highlight=False)
 

@@ -150,7 +150,7 @@ class TrialCache:
         return hashlib.sha256(dumps(payload).encode()).hexdigest()
 
     def _request(self, workspace: Path, seeds: list[int], name: str, *, train_data: Path, predict_data: Path,
-                 config: dict, predict: dict, budget: Budget) -> TrialRequest:
+                 config: dict, predict: dict, budget: Budget, keep_warm: bool = False) -> TrialRequest:
         b = self.bench.spec.budget
         req = TrialRequest(
             workspace=str(workspace), harness=str(self.bench.harness_dir), train_data=str(train_data),
@@ -160,7 +160,7 @@ class TrialCache:
             budget=budget, train_seconds=b.train_seconds, predict_seconds=b.predict_seconds,
             grace_seconds=b.grace_seconds, memory_bytes=b.memory_mb * 1024**2, max_processes=b.max_processes,
             isolation=self.isolation, packages=("numpy", "torch", *self.bench.spec.sandbox.packages),
-            protected=(str(self.data.labels_dir),))
+            protected=(str(self.data.labels_dir),), keep_warm=keep_warm)
         # One GPU, bound into the sandbox and visible there as cuda:0 (the slot mechanism's pinning).
         return pin_request(req, self.device) if self.device.startswith("cuda") else req
 
@@ -169,7 +169,7 @@ class TrialCache:
         return self._request(workspace, seeds, name, train_data=self.data.train_dir,
                              predict_data=self.data.predict_dir, config=self.trial_config(),
                              predict={"batch": 500, "check_rows": layout.check_rows.tolist(), "check_batch": 37},
-                             budget=self.budget())
+                             budget=self.budget(), keep_warm=True)
 
     def _batches(self, seeds: list[int]) -> list[list[int]]:
         """Seeds of one code version split over the executor's slots (one sandbox pair per batch).

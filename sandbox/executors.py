@@ -15,10 +15,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import queue
+import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Callable, Protocol
 
+from autoresearch.sandbox import trial
 from autoresearch.sandbox.gpus import NvidiaGpu, nvidia_gpus, visible_gpus
+from autoresearch.sandbox.phase_sandbox import SPARE_CAPACITY, TrialSandboxes
 from autoresearch.sandbox.trial import TrialOutput, TrialRequest, TrialStatus, run_trials
 
 TrialFn = Callable[[TrialRequest], list[TrialOutput]]
@@ -125,31 +129,54 @@ class LocalExecutor:
     The slots are one pool shared by every ``map`` call: with pipelining several threads ask for
     trials at once (the judge, a speculative gate of the next proposal, the agent's smoke run), and
     N slots must stay N sandboxes at a time, one per GPU. A request takes a free slot (first come,
-    first served) and gives it back when it ends."""
+    first served) and gives it back when it ends.
 
-    def __init__(self, slots: int = 1, devices: list[str] | None = None, *, trial_fn: TrialFn | None = None):
+    ``warm``: each slot keeps a pair of phase sandboxes started ahead (sandbox.phase_sandbox) for
+    its next request that asks for it (``keep_warm``: the gate's trials, not smoke runs): it is started as
+    a request begins, and warms up beside it. ``close()`` ends the spares."""
+
+    def __init__(self, slots: int = 1, devices: list[str] | None = None, *, trial_fn: TrialFn | None = None,
+                 warm: bool = False):
         self.slots = max(1, slots)
         self.devices = list(devices) if devices else None
         self.trial_fn = trial_fn
-        self._free: queue.Queue[str] = queue.Queue()
-        for device in (self.devices[:self.slots] if self.devices else ["cpu"] * self.slots):
-            self._free.put(device)
+        self.warm = warm
+        self._free: queue.Queue[tuple[int, str]] = queue.Queue()
+        for slot, device in enumerate(self.devices[:self.slots] if self.devices else ["cpu"] * self.slots):
+            self._free.put((slot, device))
         self._pin = bool(self.devices) and any(d != "cpu" for d in self.devices)
+        self._spares: dict[int, TrialSandboxes] = {}  # per slot; only the slot's holder touches its entry
 
     def map(self, requests: list[TrialRequest], on_start: OnStart | None = None) -> list[list[TrialOutput]]:
         def one(req: TrialRequest) -> list[TrialOutput]:
-            device = self._free.get()
+            slot, device = self._free.get()
             try:
                 if on_start is not None:
                     on_start(req)
-                return (self.trial_fn or run_trials)(pin_request(req, device) if self._pin else req)
+                req = pin_request(req, device) if self._pin else req
+                fn = self.trial_fn or run_trials
+                if not (self.warm and req.keep_warm and fn is trial.run_trials):
+                    return fn(req)
+                spare = self._spares.pop(slot, None)
+                if spare is not None and not spare.fits(req):
+                    spare.close()
+                    spare = None
+                self._spares[slot] = TrialSandboxes(
+                    req, Path(req.work_dir).parent / f".spare-{slot}-{uuid.uuid4().hex[:8]}",
+                    capacity=max(SPARE_CAPACITY, len(req.seeds)))
+                return trial.run_trials(req, sandboxes=spare)
             finally:
-                self._free.put(device)
+                self._free.put((slot, device))
 
         if len(requests) <= 1:
             return [one(r) for r in requests]
         with ThreadPoolExecutor(max_workers=min(self.slots, len(requests))) as pool:
             return list(pool.map(one, requests))
+
+    def close(self) -> None:
+        """End the train sandboxes started ahead (none is left running when a run ends)."""
+        while self._spares:
+            self._spares.popitem()[1].close()
 
 
 def make_executor(config) -> Executor:
@@ -162,7 +189,7 @@ def make_executor(config) -> Executor:
 
     resolve_device(config.device)
     gpus = 0 if config.device == "cpu" else __import__("torch").cuda.device_count()
-    return LocalExecutor(config.slots, devices=slot_devices(config.device, config.slots, gpus))
+    return LocalExecutor(config.slots, devices=slot_devices(config.device, config.slots, gpus), warm=True)
 
 
 # --------------------------------------------------------------------------- Ray

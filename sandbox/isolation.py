@@ -93,6 +93,8 @@ class SandboxResult:
     peak_memory_bytes: int | None = None
     leftover_processes: int = 0
     notes: list[str] = field(default_factory=list)
+    # With orders handed over later (a callable stdin_data): seconds from the start until they were.
+    waited_seconds: float = 0.0
 
     @property
     def log_excerpt(self) -> str:
@@ -569,7 +571,8 @@ def _dir_size(paths: list[Path]) -> int:
 def run_sandboxed(argv: list[str], *, mounts: list[Mount], limits: Limits, isolation: str,
                   env: dict[str, str] | None = None, cwd: str = "/tmp",
                   devices: list[str] = (), stdin_data: bytes | Callable[[], bytes] | None = None,
-                  pass_fds: tuple[int, ...] = (), packages: tuple[str, ...] = DEFAULT_PACKAGES) -> SandboxResult:
+                  pass_fds: tuple[int, ...] = (), packages: tuple[str, ...] = DEFAULT_PACKAGES,
+                  wall_after_orders: Callable[[], float] | None = None) -> SandboxResult:
     """Run argv (inside paths) under isolation with limits; never raises for the command's own failure.
 
     ``stdin_data`` is written to the command's stdin (then closed): how the trusted side hands a
@@ -579,6 +582,9 @@ def run_sandboxed(argv: list[str], *, mounts: list[Mount], limits: Limits, isola
     host file descriptors kept open, with the same numbers, inside the sandbox (e.g. a results
     file the harness writes to and no path inside the sandbox names). ``packages``: the Python
     distributions the sandbox shows, with their requirements (sandbox/pyview.py).
+    ``wall_after_orders`` (with a callable ``stdin_data``): the wall limit then counts from the
+    moment the orders were handed over, and is what this returns at that moment; the wait before
+    is the caller's (a sandbox started ahead of its work waits, using no CPU, until it has some).
 
     Raises SandboxUnreadable (before starting anything) when the sandbox runs as an unprivileged
     uid that cannot read what it must show, and pyview.PackageNotInstalled for a missing package."""
@@ -622,8 +628,9 @@ def run_sandboxed(argv: list[str], *, mounts: list[Mount], limits: Limits, isola
             os.close(fd)
     start_seconds = time.monotonic() - t_start
     notes.extend(_kernel_notes(isolation, uid, filtered=bool(filter_fds)))
+    fed_at: list[float] = []  # when the orders were handed over
     if stdin_data is not None:
-        threading.Thread(target=_feed_stdin, args=(proc, stdin_data), daemon=True).start()
+        threading.Thread(target=_feed_stdin, args=(proc, stdin_data, fed_at), daemon=True).start()
 
     head = bytearray()
     tail = bytearray()
@@ -650,7 +657,7 @@ def run_sandboxed(argv: list[str], *, mounts: list[Mount], limits: Limits, isola
 
     writable = [m.host for m in mounts if m.writable]
     timed_out = output_exceeded = False
-    deadline = t_start + limits.wall_seconds
+    deadline = t_start + limits.wall_seconds if wall_after_orders is None else float("inf")
     next_size_check = 0.0
     while True:
         try:
@@ -659,6 +666,8 @@ def run_sandboxed(argv: list[str], *, mounts: list[Mount], limits: Limits, isola
         except subprocess.TimeoutExpired:
             pass
         now = time.monotonic()
+        if deadline == float("inf") and fed_at:
+            deadline = fed_at[0] + wall_after_orders()
         if now > deadline:
             timed_out = True
             break
@@ -694,16 +703,18 @@ def run_sandboxed(argv: list[str], *, mounts: list[Mount], limits: Limits, isola
         wall_seconds=wall, start_seconds=start_seconds,
         log_head=head.decode("utf-8", "replace"), log_tail=tail[-LOG_TAIL_BYTES:].decode("utf-8", "replace"),
         log_bytes=total[0], isolation=isolation, peak_memory_bytes=peak, leftover_processes=leftovers,
-        notes=notes,
+        notes=notes, waited_seconds=(fed_at[0] - t_start) if fed_at and callable(stdin_data) else 0.0,
     )
 
 
-def _feed_stdin(proc: subprocess.Popen, data: bytes | Callable[[], bytes]) -> None:
+def _feed_stdin(proc: subprocess.Popen, data: bytes | Callable[[], bytes], fed_at: list[float]) -> None:
     """Write the command's instructions and close its stdin; a command that never reads them (or
-    dies first) only ends the write, never the caller."""
+    dies first) only ends the write, never the caller. ``fed_at`` gets the moment they exist."""
     assert proc.stdin is not None
     try:
-        proc.stdin.write(data() if callable(data) else data)
+        payload = data() if callable(data) else data
+        fed_at.append(time.monotonic())
+        proc.stdin.write(payload)
     except (BrokenPipeError, OSError, ValueError):
         pass
     finally:

@@ -1,38 +1,34 @@
 """Trials of one code version: train every seed it is asked for, then predict, each phase in one
 fresh sandbox (protocol 2 of the frozen harness: one Python and one torch import per phase, each
-seed in a child forked before any candidate code loads; see the harness's runtime.py).
+seed in a child forked before any candidate code loads; see the harness's runtime.py). Both
+sandboxes may have been started ahead, before the code version was known (sandbox.phase_sandbox).
 
 The function here is the unit every executor runs (local slots or Ray tasks). It takes plain
 data and returns plain data: per seed, a status, the harness's validated reports and the raw
 logits bytes (size-capped), which the trusted scorer on the driver parses and scores. Nothing
 here reads labels of val/test. Whatever the sandbox returns is parsed defensively
 (sandbox.results); a malformed answer is that seed's failure, never an exception.
-(Just over 400 lines: the two phases and how each failure of either is named belong together.)
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import shutil
 import stat
-import sys
-import threading
-import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from autoresearch.sandbox.isolation import Limits, Mount, SandboxResult, run_sandboxed
-from autoresearch.sandbox.results import (MAX_REPORT_BYTES, PredictReport, Record, TrainReport, file_bytes,
+from autoresearch.sandbox.isolation import SandboxResult
+from autoresearch.sandbox.results import (PredictReport, Record, TrainReport, file_bytes,
                                           parse_report, read_records)
+from autoresearch.sandbox.phase_sandbox import (CHILD_GRACE_SECONDS, PhaseSandbox, TrialSandboxes,
+                                                file_caps, phase_limits)
 
-PROTOCOL = 2
 EXIT_NONFINITE = 3  # the harness's conventions (autoresearch/harnesses/torch-classifier/runtime.py)
 EXIT_TAMPERED = 4
-CHILD_GRACE_SECONDS = 5.0  # per seed, on top of its budget: importing the candidate, saving
 
 
 class TrialStatus(str, Enum):
@@ -82,6 +78,7 @@ class TrialRequest:
     protected: tuple[str, ...] = ()  # extra host paths hashed before/after (e.g. the labels dir)
     devices: tuple[str, ...] = ()  # device nodes to expose (GPU slot), bubblewrap only
     env: tuple[tuple[str, str], ...] = ()
+    keep_warm: bool = False  # the slot keeps a train sandbox started ahead for its next such request
 
 
 @dataclass(kw_only=True)
@@ -89,9 +86,11 @@ class PhaseTiming:
     start: float = 0.0  # spawning the phase's sandbox until its process runs (shared by its seeds)
     run: float = 0.0  # wall time of this seed's child
     cpu: float | None = None  # CPU seconds of this seed's child (measured by the runner)
-    # Wall time of the whole phase sandbox, shared by its seeds. For predict, which starts while the
-    # seeds train and waits for its orders, the time from its orders to its end: what it adds.
+    # Wall time of the phase sandbox from its orders to its end, shared by its seeds: what it adds.
+    # (Both phases start before their orders: predict while the seeds train, train while the slot's
+    # request before it ran, sandbox.train_sandbox.)
     sandbox: float = 0.0
+    ahead: float = 0.0  # how long the sandbox had been up before its orders (started ahead, warm)
 
 
 @dataclass(kw_only=True)
@@ -179,10 +178,6 @@ def _raise_if_host_disk_full(work: Path) -> None:
                                     "is not the candidate's fault. Free some space and resume the run")
 
 
-def _python() -> str:
-    return sys.executable
-
-
 def _phase_failure(res: SandboxResult, phase: str) -> tuple[TrialStatus, str]:
     """Why a phase's sandbox gave no record for a seed (it died, or ran past its limits)."""
     if res.timed_out:
@@ -229,12 +224,23 @@ def _over_budget(name: str, used: int, limit: int) -> tuple[TrialStatus, str] | 
     return None
 
 
-def run_trials(req: TrialRequest) -> list[TrialOutput]:
-    """Train and predict every seed of ``req``; one output per seed, in request order."""
+def run_trials(req: TrialRequest, sandboxes: TrialSandboxes | None = None) -> list[TrialOutput]:
+    """Train and predict every seed of ``req``; one output per seed, in request order.
+    ``sandboxes``: the slot's pair started ahead (used if it fits ``req``, then ended; the caller
+    closes one that does not fit), else a pair is started now."""
     work = Path(req.work_dir)
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
+    pair = sandboxes if sandboxes is not None and sandboxes.fits(req) else \
+        TrialSandboxes(req, work / "sandboxes", capacity=len(req.seeds))
+    try:
+        return _run_trials(req, pair, work)
+    finally:
+        pair.close()  # a phase not yet given orders (an error before them) exits at once
+
+
+def _run_trials(req: TrialRequest, pair: TrialSandboxes, work: Path) -> list[TrialOutput]:
     slots = list(range(len(req.seeds)))
     outputs = [TrialOutput(seed=s, status=TrialStatus.OK, detail="", isolation=req.isolation) for s in req.seeds]
     device = str(req.config.get("device", "cpu"))
@@ -246,101 +252,26 @@ def run_trials(req: TrialRequest) -> list[TrialOutput]:
         else:
             out.device = device
 
-    protected = {"workspace": req.workspace, "harness": req.harness, "train data": req.train_data,
-                 "predict data": req.predict_data}
+    pair.stage(req.workspace)  # the read-only repo both phases mount: empty until now
+    protected = {"workspace": req.workspace, "staged workspace": str(pair.staged), "harness": req.harness,
+                 "train data": req.train_data, "predict data": req.predict_data}
     protected.update({p: p for p in req.protected})
     before = {name: tree_hash(p) for name, p in protected.items()}
-    isolated = req.isolation == "bubblewrap"
-    env = dict(req.env)
-    env.setdefault("OMP_NUM_THREADS", str(req.config.get("threads", 1)))
-    env.setdefault("MKL_NUM_THREADS", str(req.config.get("threads", 1)))
-    env.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
-    def inside(host: str, where: str) -> str:
-        return where if isolated else host
-
-    def scratch(name: str) -> tuple[str, list[Mount], dict[str, str]]:
-        """The runner's scratch: the sandbox's own size-capped /tmp, or without it a private host folder."""
-        if isolated:
-            return "/tmp", [], env
-        tmp = work / f"{name}_tmp"
-        tmp.mkdir()
-        return str(tmp), [Mount(host=tmp, inside=str(tmp), writable=True)], env | {"TMPDIR": str(tmp)}
-
-    def limits(seconds_per_seed: float, count: int, file_cap: int) -> Limits:
-        wall = req.grace_seconds + count * (seconds_per_seed + CHILD_GRACE_SECONDS + 1.0)
-        tmp_bytes = max(256 * 1024**2, 3 * req.budget.checkpoint_bytes + 64 * 1024**2)
-        # RLIMIT_FSIZE is one limit for every file of every process: the results file (bounded by
-        # the runner's per-file caps) and what a child writes to its size-capped /tmp alike. An
-        # over-large file must reach the runner's cap check, not kill the write that makes it.
-        return Limits(wall_seconds=wall, cpu_seconds=int(4 * wall) + 30, memory_bytes=req.memory_bytes,
-                      max_processes=req.max_processes, max_file_bytes=max(file_cap, tmp_bytes),
-                      tmp_bytes=tmp_bytes, max_output_bytes=file_cap)
-
-    common = [Mount(host=Path(req.workspace), inside="/sandbox/repo"),
-              Mount(host=Path(req.harness), inside="/sandbox/harness")]
-    harness = inside(req.harness, "/sandbox/harness")
-
-    # ---------------------------------------------------------------- files and the predict sandbox
-    # The predict sandbox starts beside the train phase: its runner imports torch and warms up while
-    # the seeds train, then waits for its orders, which exist once the checkpoints do. Its wall
-    # limit covers the wait; waiting costs no CPU, so its CPU limit stays the predict phase's own.
-    train_file = work / "train.results"
-    train_caps = {"checkpoint.pt": req.budget.checkpoint_bytes, "report.json": MAX_REPORT_BYTES}
-    train_cap = len(slots) * (req.budget.checkpoint_bytes + MAX_REPORT_BYTES + 128 * 1024) + 1024**2
-    train_limits = limits(req.train_seconds, len(slots), train_cap)
-    predict_file = work / "predict.results"
-    predict_caps = {"logits.npy": req.budget.prediction_bytes, "check.npy": req.budget.prediction_bytes,
-                    "report.json": MAX_REPORT_BYTES}
-    predict_cap = len(slots) * (2 * req.budget.prediction_bytes + MAX_REPORT_BYTES + 128 * 1024) + 1024**2
-    predict_limits = limits(req.predict_seconds, len(slots), predict_cap)
-    predict_limits = replace(predict_limits, wall_seconds=predict_limits.wall_seconds + train_limits.wall_seconds + 10)
-    train_fd = os.open(train_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    ckpt_fd = os.open(train_file, os.O_RDONLY)  # the predict runner reads checkpoints through it, by offset
-    predict_fd = os.open(predict_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    ptmp, ptmp_mounts, predict_env = scratch("predict")
-    predict_orders = {"protocol": PROTOCOL, "phase": "predict", "isolated": isolated, "scratch": ptmp,
-                      "child_seconds": req.predict_seconds + CHILD_GRACE_SECONDS,
-                      "repo": inside(req.workspace, "/sandbox/repo"), "data": inside(req.predict_data, "/sandbox/data"),
-                      "config": req.config, **req.predict, "file_caps": predict_caps, "results_fd": predict_fd,
-                      "checkpoints_fd": ckpt_fd, "private_fds": [ckpt_fd], "trials": []}
-    orders_ready = threading.Event()
-    predict_done: list = []  # the SandboxResult, or the exception setting the sandbox up raised
-
-    def predict_stdin() -> bytes:
-        orders_ready.wait()
-        return json.dumps(predict_orders).encode()
-
-    def run_predict_phase() -> None:
-        try:
-            predict_done.append(run_sandboxed(
-                [_python(), "-I", "-B", f"{harness}/run_predict.py"],
-                mounts=common + [Mount(host=Path(req.predict_data), inside="/sandbox/data")] + ptmp_mounts,
-                limits=predict_limits, isolation=req.isolation, env=predict_env,
-                cwd=inside(req.workspace, "/sandbox/repo"), devices=req.devices, stdin_data=predict_stdin,
-                pass_fds=(predict_fd, ckpt_fd), packages=req.packages))
-        except BaseException as exc:  # re-raised on the caller's thread
-            predict_done.append(exc)
-
-    predict_thread = threading.Thread(target=run_predict_phase, name="predict-phase", daemon=True)
-    predict_thread.start()
-    try:
-        trained, records = _train_phase(req, outputs, slots, train_file, train_fd, train_caps, train_limits, common,
-                                        harness, inside, scratch, isolated)
-        predict_orders["trials"] = [{"slot": i, "key": req.keys[i], "offset": records[i].files["checkpoint.pt"][0],
-                                     "size": records[i].files["checkpoint.pt"][1]} for i in trained]
-    finally:
-        orders_ready.set()  # with no trials (or after an error) the predict runner just exits
-        orders_given = time.monotonic()
-        predict_thread.join()
-        after_training = time.monotonic() - orders_given
-        for fd in (train_fd, ckpt_fd, predict_fd):
-            os.close(fd)
-    predict_res = predict_done[0]
-    if isinstance(predict_res, BaseException):
-        raise predict_res
+    trained, records = _train_phase(req, outputs, slots, pair.train)
+    # The predict phase has been warming up beside the train phase (or since the pair started
+    # ahead); its orders are the checkpoints' places in the train results file.
+    predict = pair.predict
+    predict_caps = file_caps(req, "predict")
+    predict.give({"child_seconds": req.predict_seconds + CHILD_GRACE_SECONDS, "config": req.config, **req.predict,
+                  "file_caps": predict_caps, "checkpoints_fd": pair.checkpoints_fd,
+                  "private_fds": [pair.checkpoints_fd],
+                  "trials": [{"slot": i, "key": req.keys[i], "offset": records[i].files["checkpoint.pt"][0],
+                              "size": records[i].files["checkpoint.pt"][1]} for i in trained]},
+                 phase_limits(req, req.predict_seconds, len(trained), 0).wall_seconds)
+    predict_res = predict.result()
     if trained:
-        _predict_results(req, outputs, trained, predict_file, predict_caps, predict_res, after_training)
+        _predict_results(req, outputs, trained, predict.results, predict_caps, predict_res)
 
     if any(o.status == TrialStatus.CRASH for o in outputs):
         _raise_if_host_disk_full(work)
@@ -356,27 +287,26 @@ def run_trials(req: TrialRequest) -> list[TrialOutput]:
     return outputs
 
 
-def _train_phase(req: TrialRequest, outputs: list[TrialOutput], slots: list[int], train_file: Path, fd: int,
-                 train_caps: dict[str, int], train_limits: Limits, common: list[Mount], harness: str, inside,
-                 scratch, isolated: bool) -> tuple[list[int], dict[int, Record]]:
-    """Train every seed in one sandbox; mark the outputs of seeds that failed. Returns the slots
-    that trained within budget and the runner's records (checkpoint offsets for predict)."""
-    tmp, tmp_mounts, train_env = scratch("train")
-    orders = {"protocol": PROTOCOL, "phase": "train", "results_fd": fd, "isolated": isolated, "scratch": tmp,
-              "child_seconds": req.train_seconds + CHILD_GRACE_SECONDS,
-              "repo": inside(req.workspace, "/sandbox/repo"), "data": inside(req.train_data, "/sandbox/data"),
-              "config": req.config, "sketch_key": req.sketch_key, "file_caps": train_caps,
-              "trials": [{"slot": i, "key": k} for i, k in zip(slots, req.keys)]}
-    train_res = run_sandboxed(
-        [_python(), "-I", "-B", f"{harness}/run_train.py"],
-        mounts=common + [Mount(host=Path(req.train_data), inside="/sandbox/data")] + tmp_mounts,
-        limits=train_limits, isolation=req.isolation, env=train_env,
-        cwd=inside(req.workspace, "/sandbox/repo"), devices=req.devices,
-        stdin_data=json.dumps(orders).encode(), pass_fds=(fd,), packages=req.packages)
+def _timing(res: SandboxResult) -> PhaseTiming:
+    return PhaseTiming(start=res.start_seconds, sandbox=res.wall_seconds - res.waited_seconds, ahead=res.waited_seconds)
+
+
+def _train_phase(req: TrialRequest, outputs: list[TrialOutput], slots: list[int],
+                 sandbox: PhaseSandbox) -> tuple[list[int], dict[int, Record]]:
+    """Train every seed in one sandbox (started ahead, or with the request); mark the outputs of
+    seeds that failed. Returns the slots that trained within budget and the runner's records
+    (checkpoint offsets for predict)."""
+    train_caps = file_caps(req, "train")
+    sandbox.give({"child_seconds": req.train_seconds + CHILD_GRACE_SECONDS, "config": req.config,
+                  "sketch_key": req.sketch_key, "file_caps": train_caps,
+                  "trials": [{"slot": i, "key": k} for i, k in zip(slots, req.keys)]},
+                 phase_limits(req, req.train_seconds, len(slots), 0).wall_seconds)
+    train_res = sandbox.result()
+    train_file = sandbox.results
     records, problem = read_records(train_file, allowed_files=train_caps, slots=set(slots))
     trained: list[int] = []
     for i, out in enumerate(outputs):
-        out.train = PhaseTiming(start=train_res.start_seconds, sandbox=train_res.wall_seconds)
+        out.train = _timing(train_res)
         out.notes.extend(train_res.notes)
         out.peak_memory_bytes = train_res.peak_memory_bytes
         rec = records.get(i)
@@ -412,12 +342,12 @@ def _train_phase(req: TrialRequest, outputs: list[TrialOutput], slots: list[int]
 
 
 def _predict_results(req: TrialRequest, outputs: list[TrialOutput], trained: list[int], predict_file: Path,
-                     predict_caps: dict[str, int], predict_res: SandboxResult, after_training: float) -> None:
+                     predict_caps: dict[str, int], predict_res: SandboxResult) -> None:
     """Read the predict runner's records into the outputs of the seeds that trained."""
     precords, problem = read_records(predict_file, allowed_files=predict_caps, slots=set(trained))
     for i in trained:
         out = outputs[i]
-        out.predict = PhaseTiming(start=predict_res.start_seconds, sandbox=after_training)
+        out.predict = _timing(predict_res)
         out.notes.extend(n for n in predict_res.notes if n not in out.notes)
         rec = precords.get(i)
         if rec is None:

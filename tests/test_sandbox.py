@@ -204,3 +204,27 @@ def test_real_trial_candidate_cannot_see_labels_or_network(tmp_path, fast_bench,
         assert "PROBE data dir: ['train_x.npy', 'train_y.npy']" in out.log_tail
         assert out.logits and out.check
     assert hits == [] and labels_before == {p.name: p.read_bytes() for p in data.labels_dir.iterdir()}
+
+
+@needs_bwrap
+@pytest.mark.parametrize("after_orders, timed_out", [("pass", False), ("time.sleep(30)", True)])
+def test_the_wall_limit_of_a_sandbox_started_ahead_counts_from_its_orders(tmp_path, after_orders, timed_out):
+    """A sandbox started before its work waits (no CPU) for as long as it must: the wait is not
+    held against its wall limit, which holds from the orders on."""
+    script = tmp_path / "snippet"
+    script.mkdir()
+    (script / "main.py").write_text(f"import sys, time\nsys.stdin.read()\n{after_orders}\n")
+    given = threading.Event()
+
+    def orders() -> bytes:
+        given.wait()
+        return b"go"
+
+    threading.Timer(2.5, given.set).start()
+    started = time.monotonic()
+    res = run_sandboxed([sys.executable, "-I", "/sandbox/code/main.py"], mounts=[Mount(host=script, inside="/sandbox/code")],
+                        limits=Limits(wall_seconds=1.5), isolation="bubblewrap", cwd="/sandbox/code",
+                        stdin_data=orders, wall_after_orders=lambda: 1.5)
+    assert res.timed_out is timed_out, res.log_excerpt
+    assert res.waited_seconds >= 2.4 and (res.exit_code == 0) is not timed_out
+    assert time.monotonic() - started < 10

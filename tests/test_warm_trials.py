@@ -9,13 +9,16 @@ import dataclasses
 import hashlib
 import io
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from autoresearch.benchmark import load_benchmark, prepare_data
+from autoresearch.sandbox.executors import LocalExecutor
 from autoresearch.sandbox.isolation import bubblewrap_works
+from autoresearch.sandbox.phase_sandbox import SPARE_CAPACITY, TrialSandboxes
 from autoresearch.sandbox.trial import TrialStatus, run_trials
 from autoresearch.seeding import trial_key
 from trial_fakes import make_request
@@ -181,3 +184,76 @@ def test_children_may_use_several_threads(digits, tmp_path):
     req = _request(bench, data, ws, tmp_path / "w", (5, 6), train_seconds=20)
     outs = run_trials(dataclasses.replace(req, config=req.config | {"threads": 2}))
     assert [o.status for o in outs] == [TrialStatus.OK, TrialStatus.OK], [(o.status, o.detail) for o in outs]
+
+
+# ---------------------------------------------------------------------------- sandboxes started ahead
+
+
+def test_sandboxes_started_before_their_code_version_give_the_same_results(digits, tmp_path):
+    """A slot's spare pair starts with an empty repo and warms up; the request's code version is
+    staged into it before any orders. Same seeds, same checkpoints and logits as a pair started
+    with the request; the spare serves that one request and its folder goes with it."""
+    bench, data = digits
+    ws = _workspace(bench, tmp_path)
+    req = _request(bench, data, ws, tmp_path / "w", (21, 22))
+    spare = TrialSandboxes(req, tmp_path / "spare", capacity=SPARE_CAPACITY)
+    assert spare.fits(req) and list(spare.staged.iterdir()) == []
+    time.sleep(1.0)
+    warm = run_trials(req, sandboxes=spare)
+    cold = run_trials(req)
+    for a, b in zip(warm, cold):
+        assert a.status == b.status == TrialStatus.OK, a.detail + b.detail
+        assert a.train_report["checkpoint_sha256"] == b.train_report["checkpoint_sha256"]
+        assert a.logits == b.logits
+        assert a.train.ahead >= 1.0 and a.predict.ahead >= 1.0  # up before their orders
+    assert not spare.fits(req) and not spare.folder.exists()
+
+
+def test_a_spare_that_does_not_fit_is_not_used(digits, tmp_path):
+    """Another train split (a smoke run's slice), more seeds than it is sized for: the request
+    starts its own pair and the spare stays as it was."""
+    bench, data = digits
+    ws = _workspace(bench, tmp_path)
+    req = _request(bench, data, ws, tmp_path / "w", (3,))
+    spare = TrialSandboxes(req, tmp_path / "spare", capacity=1)
+    try:
+        assert not spare.fits(_request(bench, data, ws, tmp_path / "w", (3, 4)))
+        other = dataclasses.replace(req, train_data=str(tmp_path))
+        assert not spare.fits(other)
+        out = run_trials(_request(bench, data, ws, tmp_path / "w", (3, 4)), sandboxes=spare)
+        assert [o.status for o in out] == [TrialStatus.OK] * 2
+        assert spare.fits(req) and list(spare.staged.iterdir()) == []
+    finally:
+        spare.close()
+    assert not spare.folder.exists()
+
+
+def test_nothing_of_a_request_reaches_the_spare_started_beside_it(digits, tmp_path):
+    """The slot's next pair starts while a request runs on it: the request's candidate leaves
+    files and a daemon behind and looks for other processes; the next request, on the spare, finds
+    none of it (its own sandboxes: PID namespace, /tmp, /dev/shm), and its own code version."""
+    bench, data = digits
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    first = _workspace(bench, tmp_path / "one", LEAK_PROBE)
+    second = _workspace(bench, tmp_path / "two", LEAK_PROBE + "\nprint('VERSION two', flush=True)\n")
+    executor = LocalExecutor(1, warm=True)
+    try:
+        req1 = dataclasses.replace(_request(bench, data, first, tmp_path / "w1", (1,)), keep_warm=True)
+        (out1,) = executor.map([req1])[0]
+        spare = executor._spares[0]
+        assert out1.status == TrialStatus.OK and spare.fits(req1), out1.detail
+        smoke = _request(bench, data, second, tmp_path / "s", (9,))  # keep_warm off: leaves the spare alone
+        executor.map([smoke])
+        assert executor._spares[0] is spare and spare.fits(req1)
+        req2 = dataclasses.replace(_request(bench, data, second, tmp_path / "w2", (2,)), keep_warm=True)
+        (out2,) = executor.map([req2])[0]
+        assert not spare.fits(req2) and executor._spares[0] is not spare  # used, and a fresh one started
+        assert out2.status == TrialStatus.OK and out2.train.ahead > 1.0, out2.detail + out2.log_tail
+        line = next(x for x in out2.log_tail.splitlines() if x.startswith("PROBE"))
+        assert "VERSION two" in out2.log_tail
+        assert "leftovers [] sleepers [] " in line and "parent []" in line, line
+        assert (spare.staged / "train.py").exists() is False  # its folder is gone
+    finally:
+        executor.close()
+    assert executor._spares == {} and not list(tmp_path.glob("**/.spare-*"))

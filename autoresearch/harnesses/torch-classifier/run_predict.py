@@ -76,6 +76,8 @@ def main() -> int:
     # train, and hands over the orders (checkpoint offsets) once they have.
     runtime.warm_up(optimizers=False)  # inference only: no optimizer is built here
     orders = runtime.read_orders()
+    if not orders["trials"]:  # a sandbox started ahead and never used: nothing to do
+        return 0
 
     inputs_np = np.load(os.path.join(orders["data"], "inputs.npy"), allow_pickle=False)
     runner = runtime.Runner(orders)
@@ -92,4 +94,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    runtime.exit_now(main())

@@ -121,11 +121,15 @@ def train_one(work: str, orders: dict, trial: dict, x_np, y_np) -> int:
 
 
 def main() -> int:
-    orders = runtime.read_orders()
     import numpy as np
     import torch  # noqa: F401  (imported once here; every child inherits it)
 
+    # Before the orders: the sandbox may be started ahead of its work (the trusted side stages the
+    # code version into its read-only repo mount later) and warms up while it waits.
     runtime.warm_up()
+    orders = runtime.read_orders()
+    if not orders["trials"]:  # a sandbox started ahead and never used: nothing to do
+        return 0
 
     x_np = np.load(os.path.join(orders["data"], "train_x.npy"), allow_pickle=False)
     y_np = np.load(os.path.join(orders["data"], "train_y.npy"), allow_pickle=False)
@@ -139,4 +143,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    runtime.exit_now(main())
