@@ -91,15 +91,17 @@ class TrialCache:
         self.metric = Metric(bench.spec.metric.name, bench.spec.metric.direction)
         self._claims = threading.Lock()  # guards _running: cache keys being trained now, by any thread
         self._running: dict[str, threading.Event] = {}
-        # What sandboxes of this session cost: (fixed cost of one phase sandbox, seconds per seed),
-        # one pair per request trained; the basis of ahead_pays.
+        # What sandboxes of this session cost: (fixed cost of one phase sandbox from its orders on,
+        # seconds per seed), one pair per request trained; the basis of ahead_pays.
         self._costs: list[tuple[float, float]] = []
 
     # ------------------------------------------------------------------ training ahead
 
     # Seeds of a later look are trained with this look's when they cost at most this share of the
-    # sandbox start they save (on digits-mlp a start is ~3.3 s and a seed ~0.3 s; a CIFAR seed on
-    # a GPU costs more than a start, and is never trained ahead).
+    # sandbox start they save, as this session measures it from the orders on: a cold start on
+    # digits-mlp is ~3.5 s against ~0.3 s a seed, one started ahead by the slot (warm) ~0.2 s,
+    # so with warm sandboxes next to nothing is trained ahead; a CIFAR seed on a GPU costs more
+    # than a start, and is never trained ahead.
     AHEAD_SHARE = 0.5
 
     def ahead_pays(self, extra: int) -> bool:

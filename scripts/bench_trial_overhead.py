@@ -89,14 +89,25 @@ def measure(benchmark: str, seeds: int) -> dict:
         t0 = time.perf_counter()
         record = engine.evaluate(1, ADAM, parse_proposal_json(ADAM), source="bench")
         total = time.perf_counter() - t0
-        getattr(executor, "close", lambda: None)()  # the next spare would weigh on the bare run
+        cold = None
+        if executor is not None:
+            # The same measure with no sandbox started ahead (a run's first request, or one that
+            # follows its predecessor too closely): a second change, its pair started on demand.
+            executor.close()
+            executor.warm = False
+            second = json.dumps({"title": "Adam 2e-3", "hypothesis": "bench", "edits": [  # on the accepted Adam
+                {"path": "optim.py", "search": "torch.optim.Adam(params, lr=1e-3)",
+                 "replace": "torch.optim.Adam(params, lr=2e-3)"}]})
+            t1 = time.perf_counter()
+            engine.evaluate(2, second, parse_proposal_json(second), source="bench")
+            cold = time.perf_counter() - t1
         after = bare_run(repo, engine)
         trials = record.candidate_trials
         train_phase = max(t.summary["train"]["sandbox"] for t in trials)
         predict_phase = max(t.summary["predict"]["sandbox"] for t in trials)
         in_children = sum(t.summary["train"]["run"] + t.summary["predict"]["run"] for t in trials)
         return {"benchmark": benchmark, "seeds": seeds, "isolation": engine.isolation,
-                "ahead": max(t.summary["train"].get("ahead", 0.0) for t in trials),
+                "ahead": max(t.summary["train"].get("ahead", 0.0) for t in trials), "cold": cold,
                 "decision": f"{record.decision} ({record.reason})", "total": total, "train_phase": train_phase,
                 "predict_phase": predict_phase, "rest": total - train_phase - predict_phase,
                 "in_children": in_children, "bare": (before + after) / 2, "bare_before": before, "bare_after": after}
@@ -141,6 +152,9 @@ def main() -> None:
     print(f"bare in-process run of the same seeds (one process, one torch import, no sandbox, no checks): "
           f"{m['bare']:.2f}s (before {m['bare_before']:.2f}s, after {m['bare_after']:.2f}s)")
     print(f"gated cost per code version / bare in-process cost: {total / m['bare']:.2f}x")
+    if m["cold"] is not None:
+        print(f"  the same with no sandbox started ahead (a second change, its pair started on demand): "
+              f"{m['cold']:.2f}s, {m['cold'] / m['bare']:.2f}x")
     if landed is not None:
         print(f"the same measure at {args.against}: time per gated proposal {landed:.2f}s; now / then: "
               f"{total / landed:.2f}x")
