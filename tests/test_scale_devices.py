@@ -92,6 +92,18 @@ def test_cpu_slots_pass_requests_through():
 
 # --------------------------------------------------------------------------- GPU identity (sandbox.gpus)
 
+@pytest.mark.parametrize("cores, slots, warm", [(2, 1, True), (2, 2, False), (16, 8, True)])
+def test_slots_keep_sandboxes_started_ahead_only_with_a_core_to_spare(monkeypatch, cores, slots, warm):
+    """A spare pair warms up on a core no slot trains on; with as many slots as cores it would
+    slow the trials down, and each request starts its own."""
+    from autoresearch.config import RunConfig
+    from autoresearch.sandbox import executors
+
+    monkeypatch.setattr(executors.os, "cpu_count", lambda: cores)
+    executor = executors.make_executor(RunConfig(benchmark="digits-mlp", slots=slots, device="cpu"))
+    assert (executor.slots, executor.warm) == (slots, warm)
+
+
 from autoresearch.sandbox import gpus as gpus_mod  # noqa: E402
 from autoresearch.sandbox.gpus import NvidiaGpu, nvidia_gpus, visible_gpus  # noqa: E402
 
