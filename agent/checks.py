@@ -2,7 +2,8 @@
 
 In order, cheapest first: parse it, apply it to the incumbent (confined to the editable set),
 compile and read it statically (pyflakes: undefined names; a function the harness may call
-removed), refuse a change that cannot change behaviour (comments, docstrings, an optimizer argument
+removed; calls into torch.optim that cannot bind, or a schedule whose step() needs an argument the
+training loop does not pass: agent.torch_calls), refuse a change that cannot change behaviour (comments, docstrings, an optimizer argument
 written at its default: directions.same_behaviour), refuse a repeat of an earlier change (the same
 files, or the same kind of change, as autoresearch.describe says it, that was already measured not
 better than this same incumbent),
@@ -21,6 +22,7 @@ from typing import Callable
 from autoresearch.agent.proposal import (ApplyFailed, Edit, InvalidProposal, NotEditable, Proposal,
                                          ProposalRejected, apply_proposal, parse_reply)
 from autoresearch.agent.directions import same_behaviour, since_last_acceptance
+from autoresearch.agent.torch_calls import torch_call_problem
 from autoresearch.agent_port import PastProposal
 from autoresearch.describe import describe_change
 from autoresearch.reasons import Reason
@@ -188,7 +190,7 @@ def check_reply(raw: str, files: dict[str, str], editable, history: list[PastPro
         raise InvalidProposal("that is the format example from the prompt, not a proposal of your own")
     proposal = add_missing_imports(proposal)
     new_files = apply_proposal(files, proposal, list(editable))
-    problem = static_problem(files, new_files)
+    problem = static_problem(files, new_files) or torch_call_problem(files, new_files)
     if problem:
         raise StaticCheckFailed(problem)
     if same_behaviour(files, new_files):

@@ -144,3 +144,51 @@ def test_parsing_is_serialised_across_threads():
         assert not done.wait(0.3), "a parse ran while another thread held the parse lock"
     assert done.wait(5)
     worker.join()
+
+
+# --------------------------------------------------------------------------- torch.optim calls
+
+LOOP = "def fit(model, optimizer, scheduler):\n    optimizer.step()\n    if scheduler is not None:\n        scheduler.step()\n"
+
+
+def _with_scheduler(line: str) -> str:
+    return ADAM.replace("    scheduler = None\n", f"    scheduler = {line}\n")
+
+
+def test_torch_optim_calls_that_cannot_run_are_a_static_failure():
+    """Seen with the 1.5B model: ReduceLROnPlateau under a loop that calls scheduler.step() with no
+    metric (four proposals, every repair "fixing" the constructor), OneCycleLR without max_lr, and
+    keywords an optimizer does not take. Each crashed in training; each is now found before any
+    run, with what to write instead."""
+    import pytest
+
+    from autoresearch.agent.checks import StaticCheckFailed, check_reply
+    from autoresearch.outcomes import files_hash
+
+    files = {"optim.py": ADAM, "train.py": LOOP}
+    cases = {
+        "torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5)":
+            r"ReduceLROnPlateau.step\(\) needs 'metrics', but train.py line 4 calls `scheduler.step\(\)` with no "
+            r"argument. Use a schedule whose step\(\) takes no argument instead \(StepLR",
+        "torch.optim.lr_scheduler.OneCycleLR(optimizer, total_steps=steps_per_epoch * epochs)":
+            r"missing a required argument: 'max_lr'. It is OneCycleLR\(optimizer, max_lr, total_steps=None",
+        "torch.optim.lr_scheduler.StepLR(optimizer, step_size=10, decay=0.5)":
+            r"got an unexpected keyword argument 'decay'. It is StepLR\(optimizer, step_size, gamma=0.1",
+    }
+    for line, message in cases.items():
+        with pytest.raises(StaticCheckFailed, match=message):
+            check_reply(_reply(_with_scheduler(line)), files, ["optim.py", "train.py"], [], change_hash=files_hash)
+    with pytest.raises(StaticCheckFailed, match=r"False, True\)`: too many positional arguments"):
+        check_reply(_reply(ADAM.replace("Adam(params)", "Adam(params, 1e-3, (0.9, 0.99), 1e-8, 0.0, False, True)")),
+                    files, ["optim.py"], [], change_hash=files_hash)
+    # What runs passes: a schedule stepped without an argument, ReduceLROnPlateau where the loop
+    # passes its metric, splatted arguments (not judged), and a class of the repo's own named like torch's.
+    for ok in (_with_scheduler("torch.optim.lr_scheduler.StepLR(optimizer, step_size=100, gamma=0.5)"),
+               _with_scheduler("torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.01, total_steps=100)"),
+               _with_scheduler("torch.optim.lr_scheduler.StepLR(optimizer, **{'step_size': 100})"),
+               ADAM.replace("torch.optim.Adam(params)", "Adam(params, 1, 2, 3)").replace(
+                   "import torch\n", "import torch\n\n\nclass Adam:\n    def __init__(self, *a):\n        pass\n")):
+        check_reply(_reply(ok), files, ["optim.py", "train.py"], [], change_hash=files_hash)
+    metric_loop = {"optim.py": ADAM, "train.py": LOOP.replace("scheduler.step()", "scheduler.step(1.0)")}
+    check_reply(_reply(_with_scheduler("torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)")), metric_loop,
+                ["optim.py", "train.py"], [], change_hash=files_hash)
