@@ -155,8 +155,12 @@ def static_problem(old: dict[str, str], new: dict[str, str]) -> str | None:
         try:
             compile(text, path, "exec")
         except SyntaxError as exc:
-            return (f"{path} would not compile: {exc.msg} (line {exc.lineno}): "
-                    f"{(exc.text or '').strip()[:120]}")
+            line = (exc.text or "").strip()
+            turned = re.match(r"class\s+(\w+)\s*\(", line)
+            kept = turned and re.search(rf"^\s*def\s+{turned.group(1)}\s*\(", old.get(path, ""), re.M)
+            return (f"{path} would not compile: {exc.msg} (line {exc.lineno}): {line[:120]}"
+                    + (f". {turned.group(1)} is a function in the current code: write `def {turned.group(1)}(...)`, "
+                       "not `class`" if kept else ""))
         except ValueError as exc:  # e.g. a null byte
             return f"{path} would not compile: {exc}"
         undefined = undefined_names(text, path)

@@ -26,7 +26,7 @@ from autoresearch.agent.checks import (SmokeFailed, call_site_hint, check_name, 
                                        smoke_problem)
 from autoresearch.agent.directions import untried_hint
 from autoresearch.agent.session import LLMSession
-from autoresearch.agent.prompts import build_messages, example_proposal, prompt_hash, repair_message
+from autoresearch.agent.prompts import build_messages, example_proposal, prompt_hash, repair_message, start_over
 from autoresearch.agent.proposal import (EditFormat, Proposal, ProposalRejected, choose_edit_format,
                                          is_editable, whole_file_grammar)
 from autoresearch.agent_port import AgentPort, PastProposal, Round
@@ -44,6 +44,7 @@ class AgentState(TypedDict, total=False):
     new_files: dict[str, str]     # ... and the files it leads to
     parsed: Any                   # what evaluate records: a Proposal, or the ProposalRejected
     retry: bool                   # a check asks propose for a repaired reply
+    failures: list[tuple[str, str]]  # this proposal's failed checks so far: (check, error)
     stop: str                     # why the loop ended
     drafted_on: str | None        # pipelining: the incumbent commit ``files`` is
     seen_upto: int | None         # pipelining: the last decision ``history`` holds
@@ -103,7 +104,7 @@ def build_graph(ctx: AgentContext):
 
     def decide(state: AgentState) -> AgentState:
         fresh = {"messages": [], "attempt": 0, "raw": "", "proposal": None, "new_files": {}, "parsed": None,
-                 "retry": False, "stop": "", "drafted_on": None, "seen_upto": None}
+                 "retry": False, "stop": "", "drafted_on": None, "seen_upto": None, "failures": []}
         pending = port.pending(ctx.submitted) if settings.pipeline else port.pending()
         if pending is not None:
             # Killed after the reply was stored: evaluate it again without a new LLM call, checked
@@ -161,9 +162,16 @@ def build_graph(ctx: AgentContext):
             port.stage(f"reply {state['attempt']} for proposal {state['idx']} failed the {name} check: "
                        f"{' '.join(str(exc).split())[:120]}; asking for a repair")
             hint = untried_hint(state["files"], port.task.editable, _earlier(state)) if name == "duplicate" else ""
-            messages = state["messages"] + [{"role": "assistant", "content": state["raw"]},
-                                            repair_message(name, str(exc), port.task.editable, ctx.edit_format, hint)]
-            return {"retry": True, "messages": messages, "parsed": None}
+            failures = state.get("failures", []) + [(name, text)]
+            if name == "duplicate" or state["attempt"] >= 2:
+                # A repeat, or a second failure: the first prompt again, the failed replies listed, not shown.
+                messages = start_over(build_messages(port.task, settings.idea, state["files"], state["history"],
+                                                     ctx.edit_format), failures, hint)
+            else:
+                messages = state["messages"] + [{"role": "assistant", "content": state["raw"]},
+                                                repair_message(name, str(exc), port.task.editable, ctx.edit_format,
+                                                               hint)]
+            return {"retry": True, "messages": messages, "parsed": None, "failures": failures}
         return {"retry": False, "parsed": final_verdict(state["raw"], exc)}
 
     def check(state: AgentState) -> AgentState:

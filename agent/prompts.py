@@ -169,6 +169,24 @@ PROBLEM = {
 }
 
 
+FAILED_AS = {"parse": "could not be used", "apply": "could not be applied", "static": "would not run",
+             "duplicate": "repeated what was measured or computes the same", "smoke": "failed a short test run"}
+
+
+def start_over(messages: list[dict], failures: list[tuple[str, str]], hint: str = "") -> list[dict]:
+    """The proposal's first prompt again, its failed replies left out and listed by what went
+    wrong: a small model shown its failed reply tends to send it back nearly unchanged (the same
+    `class build_optimizer(...)` syntax error three times, the same duplicate three times), so a
+    repeat, or a second failed reply, starts over from the prompt with the failures as notes."""
+    notes = "\n".join(f"- it {FAILED_AS.get(check, FAILED_AS['parse'])}: {_one_line(error, 300)}"
+                      for check, error in failures)
+    note = (f"\n\n# Before this, {len(failures)} repl{'y' if len(failures) == 1 else 'ies'} of yours for this "
+            f"proposal failed (not shown)\n{notes}\nWrite a new reply from the current code above: a different "
+            "change, or the same idea written so that none of these problems happens again."
+            + (f" {hint}" if hint else ""))
+    return messages[:-1] + [{**messages[-1], "content": messages[-1]["content"] + note}]
+
+
 def repair_message(check: str, error: str, editable, edit_format: EditFormat, hint: str = "") -> dict:
     """The next user turn after a failed check. ``hint``: what the run has not tried yet on the
     current code (directions.untried_hint), said after a repeat so the model has somewhere to go."""

@@ -201,7 +201,9 @@ def test_it_builds_on_what_was_accepted_and_does_not_repeat_what_was_rejected():
     assert "torch.optim.Adam(params, lr=1e-3)" in second and "torch.optim.SGD(params" not in second
     assert "#1 accepted | optim.py: torch.optim.SGD -> torch.optim.Adam" in second
     repair = llm.calls[3][-1]["content"]
-    assert "the same change as proposal #2" in repair and "Propose a different change" in repair
+    assert "the same change as proposal #2" in repair and "a different change" in repair
+    # A repeat starts over: the proposal's first prompt, the repeated reply listed, not shown.
+    assert [m["role"] for m in llm.calls[3]] == ["system", "user"] and repair.startswith(llm.calls[2][-1]["content"])
     assert reasons(port) == ["accepted", "not_better", "duplicate"] and len(port.smoked) == 2
     assert isinstance(port.evaluated[2][2].precheck, ProposalRejected)
 
@@ -325,3 +327,21 @@ def test_a_dropped_assignment_is_quoted_back_and_repairs_sample_hotter():
     run_agent(port, LLMSession(client=llm))
     assert "The current code assigns it in: `optimizer = torch.optim.SGD(params, lr=0.01)`" in llm.calls[1][-1]["content"]
     assert llm.temperatures == [None, 0.95, 1.2] and reasons(port) == ["accepted"]
+
+
+def test_a_second_failed_reply_starts_over_from_the_prompt():
+    """Seen with the 1.5B model: `class build_optimizer(...)` three times in a row, each repair shown
+    its own failed reply. The first repair round shows the reply (a fix may be one token); the next
+    starts from the proposal's prompt again, every failure so far listed and no failed reply shown."""
+    port = FakePort(proposals=1, repair_rounds=2)
+    broken = ADAM_OPTIM.replace("def build_optimizer", "class build_optimizer")
+    _, llm = run(port, [whole_file(broken), whole_file(broken), whole_file(ADAM_OPTIM)])
+    first, second = llm.calls[1], llm.calls[2]
+    assert first[-2] == {"role": "assistant", "content": whole_file(broken)}
+    assert "build_optimizer is a function in the current code: write `def build_optimizer(...)`" in first[-1]["content"]
+    assert [m["role"] for m in second] == ["system", "user"]
+    assert second[1]["content"].startswith(llm.calls[0][1]["content"])
+    note = second[1]["content"][len(llm.calls[0][1]["content"]):]
+    assert "2 replies of yours for this proposal failed (not shown)" in note
+    assert note.count("would not run: optim.py would not compile") == 2 and whole_file(broken) not in note
+    assert reasons(port) == ["accepted"]
