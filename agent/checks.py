@@ -21,7 +21,7 @@ from typing import Callable
 
 from autoresearch.agent.proposal import (ApplyFailed, Edit, InvalidProposal, NotEditable, Proposal,
                                          ProposalRejected, apply_proposal, parse_reply)
-from autoresearch.agent.directions import same_behaviour, since_last_acceptance
+from autoresearch.agent.directions import behaviour_key, same_behaviour, since_last_acceptance
 from autoresearch.agent.torch_calls import torch_call_problem
 from autoresearch.agent_port import PastProposal
 from autoresearch.describe import describe_change
@@ -201,12 +201,17 @@ def check_reply(raw: str, files: dict[str, str], editable, history: list[PastPro
         raise DuplicateProposal("duplicate: your change computes exactly what the current code computes (it changes "
                                 "only comments, docstrings, layout, or writes out an optimizer argument at its "
                                 "default value); change a value or the code itself")
-    change = change_hash(new_files)
+    change, behaviour = change_hash(new_files), behaviour_key(new_files)
     for p in history:
         if p.change_hash == change:
             what = "; ".join(p.changes) or p.title
             raise DuplicateProposal(f"duplicate: the same change as proposal #{p.idx} ({what}), which was "
                                     f"{p.decision}" + (f" ({p.reason})" if p.decision != "accepted" else ""))
+        if p.behaviour == behaviour:
+            what = "; ".join(p.changes) or p.title
+            raise DuplicateProposal(f"duplicate: your change computes exactly what proposal #{p.idx} ({what}) "
+                                    f"computed (it differs only in comments, docstrings, layout or unused imports), "
+                                    f"which was {p.decision}" + (f" ({p.reason})" if p.decision != "accepted" else ""))
     earlier = same_kind_measured(files, new_files, history)
     if earlier is not None:
         raise DuplicateProposal(f"duplicate: the same kind of change as proposal #{earlier.idx} "

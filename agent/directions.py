@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import hashlib
 import inspect
 from dataclasses import dataclass
 
@@ -223,21 +224,51 @@ class _Normalise(ast.NodeTransformer):
         return node
 
 
+def _drop_unused_imports(tree: ast.Module) -> ast.Module:
+    """Module-level imports whose names nothing in the module uses (an `import math` added or
+    dropped beside a change): a used one removed is an undefined name, which the static check
+    refuses first."""
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    body = []
+    for stmt in tree.body:
+        if isinstance(stmt, (ast.Import, ast.ImportFrom)) and not (isinstance(stmt, ast.ImportFrom)
+                                                                    and stmt.module == "__future__"):
+            stmt.names = [a for a in stmt.names
+                          if a.name == "*" or (a.asname or a.name.split(".")[0]) in used]
+            if not stmt.names:
+                continue
+        body.append(stmt)
+    tree.body = body
+    return tree
+
+
 def _normalised(text: str) -> str | None:
     try:
         tree = ast.parse(text)
     except (SyntaxError, ValueError, RecursionError):
         return None
     try:
-        return ast.dump(_Normalise(_from_torch_optim(tree)).visit(tree))
+        return ast.dump(_Normalise(_from_torch_optim(tree)).visit(_drop_unused_imports(tree)))
     except RecursionError:
         return None
 
 
+def behaviour_key(files: dict[str, str]) -> str:
+    """One key for every file set that computes the same: Python files as same_behaviour reads
+    them (unparsable ones, and other files, as they are). Two proposals with the same key are the
+    same experiment, however their comments, docstrings and unused imports differ."""
+    h = hashlib.sha256()
+    for path in sorted(files):
+        text = files[path]
+        shown = (_normalised(text) if path.endswith(".py") else None) or text
+        h.update(f"{path}\0{len(shown)}\0{shown}\0".encode())
+    return h.hexdigest()
+
+
 def same_behaviour(old: dict[str, str], new: dict[str, str]) -> bool:
     """True when every changed file is Python that differs from the old one only in comments,
-    docstrings, layout or optimizer arguments spelled out at their defaults (nothing it computes
-    can differ). Any file added, removed or not parsable counts as a real change."""
+    docstrings, layout, unused imports or optimizer arguments spelled out at their defaults
+    (nothing it computes can differ). Any file added, removed or not parsable counts as a real change."""
     changed = [p for p in set(old) | set(new) if old.get(p) != new.get(p)]
     if not changed:
         return True

@@ -64,6 +64,7 @@ class PastProposal:
     val_incumbent: float | None
     seeds: int                    # seeds the validation means are over
     change_hash: str | None       # files_hash of the files it led to (to refuse a repeat)
+    behaviour: str | None = None  # directions.behaviour_key of those files (a repeat in other words)
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,8 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def past_proposal(record, changes: tuple[str, ...], change_hash: str | None) -> PastProposal:
+def past_proposal(record, changes: tuple[str, ...], change_hash: str | None,
+                  behaviour: str | None = None) -> PastProposal:
     """A ProposalRecord as the agent may see it: validation means over the seeds both arms ran."""
     cand = {t.seed: t.val_metric for t in record.candidate_trials if t.ok and t.val_metric is not None}
     inc = {t.seed: t.val_metric for t in record.incumbent_trials
@@ -166,7 +168,7 @@ def past_proposal(record, changes: tuple[str, ...], change_hash: str | None) -> 
     return PastProposal(idx=record.idx, title=record.title, decision=record.decision, reason=record.reason,
                         detail=record.detail if record.reason in DETAIL_SAFE else "", changes=changes,
                         val_candidate=_mean([cand[s] for s in seeds]), val_incumbent=_mean([inc[s] for s in seeds]),
-                        seeds=len(seeds), change_hash=change_hash)
+                        seeds=len(seeds), change_hash=change_hash, behaviour=behaviour)
 
 
 class EnginePort:
@@ -207,6 +209,7 @@ class EnginePort:
 
     def history(self) -> list[PastProposal]:
         """Every decided proposal (finished ones are described once and cached)."""
+        from autoresearch.agent.directions import behaviour_key
         from autoresearch.describe import describe_change
 
         engine = self.engine
@@ -219,13 +222,15 @@ class EnginePort:
                 continue
             record = engine.load_record(row)
             changes: tuple[str, ...] = ()
+            behaviour = None
             if row["commit_sha"] and row["parent_commit"] and record.reason not in NOT_APPLIED:
                 try:
-                    changes = tuple(describe_change(engine.repo.files_at(row["parent_commit"]),
-                                                    engine.repo.files_at(row["commit_sha"])))
+                    after = engine.repo.files_at(row["commit_sha"])
+                    changes = tuple(describe_change(engine.repo.files_at(row["parent_commit"]), after))
+                    behaviour = behaviour_key(after)
                 except Exception as exc:  # a description is a courtesy to the model; the record stands
                     changes = (f"(change not described: {type(exc).__name__})",)
-            item = past_proposal(record, changes, row["change_hash"])
+            item = past_proposal(record, changes, row["change_hash"], behaviour)
             if row["state"] == "finished":
                 self._described[row["idx"]] = item
             out.append(item)

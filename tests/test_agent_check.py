@@ -1,6 +1,8 @@
 """The agent's static pre-check catches a change that would crash on an undefined name, so the
 model gets a repair round instead of a wasted training run."""
 
+import dataclasses
+
 from autoresearch.agent.loop import undefined_names
 
 
@@ -192,3 +194,33 @@ def test_torch_optim_calls_that_cannot_run_are_a_static_failure():
     metric_loop = {"optim.py": ADAM, "train.py": LOOP.replace("scheduler.step()", "scheduler.step(1.0)")}
     check_reply(_reply(_with_scheduler("torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)")), metric_loop,
                 ["optim.py", "train.py"], [], change_hash=files_hash)
+
+
+def test_the_same_experiment_in_other_words_is_a_duplicate():
+    """Seen with the 1.5B model from a fresh clone: ExponentialLR(gamma=0.95) proposed three times,
+    trained three times with identical results, the repeats differing from the first only in a
+    docstring's layout, a comment and an unused `import math` dropped. Same for a change against
+    the incumbent that only drops an unused import."""
+    import pytest
+
+    from autoresearch.agent.checks import DuplicateProposal, check_reply
+    from autoresearch.agent.directions import behaviour_key
+    from autoresearch.outcomes import files_hash
+
+    incumbent = ADAM.replace("import torch\n", "import torch\nimport math\n")
+    first = _with_scheduler("torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.95)  # e.g., decay")
+    first = first.replace("import torch\n", "import torch\nimport math\n")
+    again = first.replace('"""Opt."""', '"""\nOpt.\n"""').replace("import math\n", "").replace("# e.g., decay",
+                                                                                                "# adaptive LR")
+    files = {"optim.py": incumbent}
+    past = _past(2, "rejected", "not_better", incumbent, first, files_hash({"optim.py": first}))
+    past = dataclasses.replace(past, behaviour=behaviour_key({"optim.py": first}), changes=("something else",))
+    with pytest.raises(DuplicateProposal, match=r"computes exactly what proposal #2 \(something else\) computed"):
+        check_reply(_reply(again), files, ["optim.py"], [past], change_hash=files_hash)
+    # A real difference is not a repeat (another gamma), nor is a used import dropped (the static
+    # check says it is undefined); against the incumbent, dropping its unused import is a no-op.
+    check_reply(_reply(again.replace("gamma=0.95", "gamma=0.9")), files, ["optim.py"], [past], change_hash=files_hash)
+    with pytest.raises(DuplicateProposal, match="computes exactly what the current code computes"):
+        check_reply(_reply(ADAM), files, ["optim.py"], [], change_hash=files_hash)
+    uses_math = first.replace("gamma=0.95", "gamma=math.exp(-0.05)")
+    assert behaviour_key({"optim.py": uses_math}) != behaviour_key({"optim.py": uses_math.replace("import math\n", "")})
