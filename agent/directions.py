@@ -23,10 +23,13 @@ import functools
 import hashlib
 import inspect
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from autoresearch.agent_port import PastProposal
 from autoresearch.describe import _dotted
 from autoresearch.reasons import Reason
+
+if TYPE_CHECKING:  # the port imports this module (behaviour_key)
+    from autoresearch.agent_port import PastProposal
 
 # Optimizer arguments worth naming even when the code leaves them at their default.
 OPTIMIZER_KNOBS = ("lr", "momentum", "weight_decay")
