@@ -18,6 +18,7 @@ import ast
 import inspect
 
 from autoresearch.agent.directions import _from_torch_optim, torch_optim_class
+from autoresearch.agent.prompts import _one_line
 from autoresearch.describe import _dotted
 
 # Schedules whose step() takes no argument, as the fix to suggest (all in torch.optim.lr_scheduler).
@@ -86,7 +87,7 @@ def torch_call_problem(old: dict[str, str], new: dict[str, str]) -> str | None:
             cls = torch_optim_class(_dotted(call.func), imported)
             if cls is None:
                 continue
-            where = f"{path} line {call.lineno}, `{_one_line(ast.get_source_segment(text, call) or cls.__name__)}`"
+            where = f"{path} line {call.lineno}, `{_one_line(ast.get_source_segment(text, call) or cls.__name__, 120)}`"
             problem = _binding_problem(cls, call)
             if problem:
                 return (f"{where}: {problem}. It is {cls.__name__}({_parameters(cls)}); pass the arguments it "
@@ -109,8 +110,3 @@ def _parameters(cls, shown: int = 8) -> str:
     parts = [n if p.default is inspect.Parameter.empty else f"{n}={p.default!r}"
              for n, p in sig.parameters.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     return ", ".join(parts[:shown] + (["..."] if len(parts) > shown else []))
-
-
-def _one_line(source: str, limit: int = 120) -> str:
-    text = " ".join(source.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
