@@ -198,7 +198,7 @@ def test_sandboxes_started_before_their_code_version_give_the_same_results(digit
     req = _request(bench, data, ws, tmp_path / "w", (21, 22))
     spare = TrialSandboxes(req, tmp_path / "spare", capacity=SPARE_CAPACITY)
     assert spare.fits(req) and list(spare.staged.iterdir()) == []
-    time.sleep(1.0)
+    time.sleep(1.5)  # the sandboxes are up before their orders
     warm = run_trials(req, sandboxes=spare)
     cold = run_trials(req)
     for a, b in zip(warm, cold):
