@@ -178,6 +178,15 @@ def _raise_if_host_disk_full(work: Path) -> None:
                                     "is not the candidate's fault. Free some space and resume the run")
 
 
+def _last_message(log: str) -> str:
+    """The log's last line that says something: not a bare traceback header, which is all a
+    process killed mid-print leaves (a detached process's, killed when its seed ended, after the
+    seed's own last words)."""
+    lines = [line for line in log.strip().splitlines() if line.strip()]
+    return next((line for line in reversed(lines) if line.strip() != "Traceback (most recent call last):"),
+                lines[-1] if lines else "")
+
+
 def _phase_failure(res: SandboxResult, phase: str) -> tuple[TrialStatus, str]:
     """Why a phase's sandbox gave no record for a seed (it died, or ran past its limits)."""
     if res.timed_out:
@@ -189,7 +198,7 @@ def _phase_failure(res: SandboxResult, phase: str) -> tuple[TrialStatus, str]:
         return TrialStatus.OOM, f"{phase} phase ran out of memory"
     if res.signal is not None:
         return TrialStatus.CRASH, f"{phase} phase killed by signal {res.signal}"
-    last = next((line for line in reversed(log.strip().splitlines()) if line.strip()), "")
+    last = _last_message(log)
     return TrialStatus.CRASH, f"{phase} phase ended (code {res.exit_code}) before this seed: {last[:300]}"
 
 
@@ -214,7 +223,7 @@ def _child_failure(rec: Record, res: SandboxResult, phase: str, seconds: float) 
                                          "optimizer steps are off there: it has no training budget)")
     if rec.signal is not None:
         return TrialStatus.CRASH, f"{phase} killed by signal {rec.signal}"
-    last = next((line for line in reversed(log.strip().splitlines()) if line.strip()), "")
+    last = _last_message(log)
     return TrialStatus.CRASH, f"{phase} exited with code {rec.exit}: {last[:300]}"
 
 

@@ -228,3 +228,14 @@ def test_the_wall_limit_of_a_sandbox_started_ahead_counts_from_its_orders(tmp_pa
     assert res.timed_out is timed_out, res.log_excerpt
     assert res.waited_seconds >= 2.4 and (res.exit_code == 0) is not timed_out
     assert time.monotonic() - started < 10
+
+
+def test_a_failure_is_named_by_the_last_line_that_says_something():
+    """A detached process killed mid-traceback when its seed ended leaves a bare header as the
+    log's last line (seen once in the adversarial suite): the reason is the seed's own last words."""
+    from autoresearch.sandbox.trial import _last_message
+
+    log = "step 1\nDETACHED: left a sleeper behind\nTraceback (most recent call last):\n"
+    assert _last_message(log) == "DETACHED: left a sleeper behind"
+    assert _last_message("Traceback (most recent call last):\n") == "Traceback (most recent call last):"
+    assert _last_message("") == ""
