@@ -174,7 +174,7 @@ class LocalExecutor:
             return list(pool.map(one, requests))
 
     def close(self) -> None:
-        """End the train sandboxes started ahead (none is left running when a run ends)."""
+        """End the sandbox pairs started ahead (none is left running when a run ends)."""
         while self._spares:
             self._spares.popitem()[1].close()
 
