@@ -426,14 +426,31 @@ CASES: list[Case] = [
                 raise SystemExit("ESCAPED: 25 GB allocated")
         """), ("oom",)),
     Case("setsid-detach", train_attack("detached process that outlives the trial", """
-        import os
+        import os, sys, time
+        # The sandbox shows no /bin/sleep: the sleeper is the interpreter itself, so that it surely
+        # starts (an exec that fails would leave nothing to check, and its traceback would race
+        # this process's last line in the log).
         if os.fork() == 0:
             os.setsid()
             if os.fork() == 0:
-                os.execv("/bin/sleep", ["sleep", "987654"])
+                try:
+                    os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(987654)"])
+                finally:
+                    os._exit(0)
             os._exit(0)
-        raise SystemExit("DETACHED: left a sleeper behind")
-        """), ("crash",), "DETACHED", ("sleeper",)),
+        def running():
+            for p in os.listdir("/proc"):
+                try:
+                    if p.isdigit() and b"987654" in open("/proc/%s/cmdline" % p, "rb").read():
+                        return True
+                except OSError:
+                    pass
+            return False
+        deadline = time.monotonic() + 20
+        while not running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        raise SystemExit("DETACHED: left a sleeper behind, running: %s" % running())
+        """), ("crash",), "DETACHED: left a sleeper behind, running: True", ("sleeper",)),
     Case("kill-parent", train_attack("kill the parent and pid 1", """
         import os, signal
         for pid in {os.getppid(), 1}:
