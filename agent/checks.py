@@ -15,8 +15,10 @@ it back as a repair round; out of rounds, the reply is recorded with that reason
 from __future__ import annotations
 
 import ast
+import inspect
 import io
 import re
+import sys
 from typing import Callable
 
 from autoresearch.agent.proposal import (ApplyFailed, Edit, InvalidProposal, NotEditable, Proposal,
@@ -85,11 +87,31 @@ IMPORTS = {"math": "import math", "torch": "import torch", "nn": "import torch.n
            "lr_scheduler": "from torch.optim import lr_scheduler", "random": "import random"}
 
 
+def import_line(name: str) -> str | None:
+    """The import an undefined name needs: a common module (IMPORTS), or a class of torch.optim or
+    torch.optim.lr_scheduler written bare (`CosineAnnealingLR(...)` with no import: the 1.5B model
+    writes the class it means and forgets where it lives). None for anything else."""
+    if name in IMPORTS:
+        return IMPORTS[name]
+    if not name[:1].isupper():
+        return None
+    try:
+        import torch.optim
+        import torch.optim.lr_scheduler
+    except ImportError:  # an orchestrator without torch: only the common modules are known
+        return None
+    for module in ("torch.optim", "torch.optim.lr_scheduler"):
+        if inspect.isclass(getattr(sys.modules[module], name, None)):
+            return f"from {module} import {name}"
+    return None
+
+
 def add_missing_imports(proposal: Proposal) -> Proposal:
-    """A whole file that uses a common module (math, torch, nn, ...) without importing it gets the
-    import line at its top: the one mechanical repair the agent makes itself (the 1.5B model drops
-    `import math` and does not put it back when told). Deterministic from the reply, so a resume
-    makes the same change; the diff and its description show the import like any other line."""
+    """A whole file that uses a common module (math, torch, nn, ...) or a torch.optim class without
+    importing it gets the import line at its top: the one mechanical repair the agent makes itself
+    (the 1.5B model drops `import math` and does not put it back when told). Deterministic from the
+    reply, so a resume makes the same change; the diff and its description show the import like any
+    other line, and the checks that follow judge the class like any other torch.optim call."""
     edits = []
     for edit in proposal.edits:
         if edit.search == "" and edit.path.endswith(".py"):
@@ -97,8 +119,9 @@ def add_missing_imports(proposal: Proposal) -> Proposal:
                 names = [n.split("'")[1] for n in undefined_names(edit.replace, edit.path)]
             except SyntaxError:
                 names = []
-            missing = sorted({IMPORTS[n] for n in names if n in IMPORTS})
-            if missing and len(missing) == len({n for n in names}):  # only then: nothing else is undefined
+            lines = {n: import_line(n) for n in set(names)}
+            missing = sorted({line for line in lines.values() if line})
+            if missing and all(lines.values()):  # only then: nothing else is undefined
                 edit = Edit(path=edit.path, search="", replace=_insert_imports(edit.replace, missing))
         edits.append(edit)
     return proposal if tuple(edits) == proposal.edits else \
@@ -166,7 +189,7 @@ def static_problem(old: dict[str, str], new: dict[str, str]) -> str | None:
         undefined = undefined_names(text, path)
         if undefined:
             names = list(dict.fromkeys(n.split("'")[1] for n in undefined))
-            imports = sorted({IMPORTS[n] for n in names if n in IMPORTS})
+            imports = sorted({line for n in names if (line := import_line(n))})
             kept = [line for n in names if (line := _assignment_line(old.get(path, ""), n))]
             return (f"{path} uses undefined name(s): {'; '.join(undefined[:5])}. "
                     + (f"Add at the top of {path}: {'; '.join(imports)}. " if imports else "")

@@ -45,6 +45,7 @@ class AgentState(TypedDict, total=False):
     parsed: Any                   # what evaluate records: a Proposal, or the ProposalRejected
     retry: bool                   # a check asks propose for a repaired reply
     failures: list[tuple[str, str]]  # this proposal's failed checks so far: (check, error)
+    smoked: dict[str, tuple[int, str]]  # files hash -> (reply, problem) of this proposal's failed smoke runs
     stop: str                     # why the loop ended
     drafted_on: str | None        # pipelining: the incumbent commit ``files`` is
     seen_upto: int | None         # pipelining: the last decision ``history`` holds
@@ -104,7 +105,8 @@ def build_graph(ctx: AgentContext):
 
     def decide(state: AgentState) -> AgentState:
         fresh = {"messages": [], "attempt": 0, "raw": "", "proposal": None, "new_files": {}, "parsed": None,
-                 "retry": False, "stop": "", "drafted_on": None, "seen_upto": None, "failures": []}
+                 "retry": False, "stop": "", "drafted_on": None, "seen_upto": None, "failures": [],
+                 "smoked": {}}
         pending = port.pending(ctx.submitted) if settings.pipeline else port.pending()
         if pending is not None:
             # Killed after the reply was stored: evaluate it again without a new LLM call, checked
@@ -182,6 +184,13 @@ def build_graph(ctx: AgentContext):
         return {"proposal": proposal, "new_files": new_files, "retry": False, "parsed": None}
 
     def smoke(state: AgentState) -> AgentState:
+        # A repair that sends back files whose smoke run already failed fails the same way: said, not
+        # run again (at 0.95 the 1.5B model returned a crashing reply token for token).
+        key = port.change_hash(state["new_files"])
+        smoked = state.get("smoked") or {}
+        if key in smoked:
+            earlier, problem = smoked[key]
+            return failed(state, SmokeFailed(f"the same files as reply {earlier}, whose smoke run failed: {problem}"))
         port.stage(f"smoke run of proposal {state['idx']} (one epoch on a slice of the train split) ...")
         started = time.monotonic()
         result = port.smoke(state["new_files"])
@@ -190,7 +199,8 @@ def build_graph(ctx: AgentContext):
         if problem:
             hint = call_site_hint(result.error, state["files"], state["new_files"])
             problem = f"{problem}\n{hint}" if hint else problem
-            return failed(state, SmokeFailed(problem), seconds)
+            return {**failed(state, SmokeFailed(problem), seconds),
+                    "smoked": {**smoked, key: (state["attempt"], problem)}}
         port.note_round(Round(idx=state["idx"], attempt=state["attempt"], check="ok", edit_format=ctx.edit_format,
                               smoke_seconds=seconds))
         return {"parsed": state["proposal"], "retry": False}

@@ -41,7 +41,7 @@ class RunConfig(BaseModel):
     max_llm_cost: float | None = Field(default=None, ge=0)
     time_budget: float | None = Field(default=None, gt=0, description="seconds; stop starting proposals after it")
     llm_timeout: float = Field(default=600.0, gt=0)
-    parse_retries: int = Field(default=2, ge=0, le=10, description="repair rounds per proposal: replies asked "
+    parse_retries: int = Field(default=3, ge=0, le=10, description="repair rounds per proposal: replies asked "
                                "again after a failed parse, static check or smoke run")
     edit_format: Literal["auto", "search-replace", "whole-file"] = Field(
         default="auto", description="how the model writes a change: whole-file (the complete new content of one "

@@ -196,6 +196,31 @@ def test_torch_optim_calls_that_cannot_run_are_a_static_failure():
                 ["optim.py", "train.py"], [], change_hash=files_hash)
 
 
+def test_a_torch_optim_class_written_bare_gets_its_import_and_its_checks():
+    """Seen with the 1.5B model: `scheduler = ReduceLROnPlateau(optimizer, ...)` with no import, after
+    two rounds about ReduceLROnPlateau; told "undefined name" it did not add the import. The import
+    is added (the only thing missing), and the class is then judged like any torch.optim call."""
+    import pytest
+
+    from autoresearch.agent.checks import StaticCheckFailed, check_reply, import_line
+    from autoresearch.outcomes import files_hash
+
+    files = {"optim.py": ADAM, "train.py": LOOP}
+    proposal, new = check_reply(_reply(_with_scheduler("CosineAnnealingLR(optimizer, T_max=100)")), files,
+                                ["optim.py", "train.py"], [], change_hash=files_hash)
+    assert "from torch.optim.lr_scheduler import CosineAnnealingLR\n" in new["optim.py"]
+    assert new["optim.py"].index("CosineAnnealingLR\n") < new["optim.py"].index("def build_optimizer")
+    with pytest.raises(StaticCheckFailed, match=r"ReduceLROnPlateau.step\(\) needs 'metrics'"):
+        check_reply(_reply(_with_scheduler("ReduceLROnPlateau(optimizer)")), files, ["optim.py", "train.py"], [],
+                    change_hash=files_hash)
+    assert import_line("AdamW") == "from torch.optim import AdamW"
+    # Not torch's, or not a class: left to the model, named in the repair message.
+    assert import_line("Adamish") is None and import_line("lr_lambda") is None
+    with pytest.raises(StaticCheckFailed, match=r"'Adamish'"):
+        check_reply(_reply(ADAM.replace("torch.optim.Adam(params)", "Adamish(params)")), files,
+                    ["optim.py", "train.py"], [], change_hash=files_hash)
+
+
 def test_the_same_experiment_in_other_words_is_a_duplicate():
     """Seen with the 1.5B model from a fresh clone: ExponentialLR(gamma=0.95) proposed three times,
     trained three times with identical results, the repeats differing from the first only in a

@@ -111,6 +111,16 @@ def test_smoke_failure_goes_back_to_the_model_as_a_repair_round():
     assert port.summary["repair_rounds"] == 1
 
 
+def test_a_repair_that_sends_back_crashing_files_is_not_smoke_run_again():
+    """Seen with the 1.5B model at 0.95: a repair returned its crashing reply token for token."""
+    port = FakePort(proposals=1, repair_rounds=2, smoke=[FakeSmoke(False, "crash", TRACEBACK), FakeSmoke()])
+    _, llm = run(port, [whole_file(MOMENTUM_OPTIM), whole_file(MOMENTUM_OPTIM), whole_file(ADAM_OPTIM)])
+    assert len(port.smoked) == 2 and port.smoked[1]["optim.py"] == ADAM_OPTIM
+    assert [(r.attempt, r.check) for r in port.rounds] == [(1, "smoke"), (2, "smoke"), (3, "ok")]
+    assert "the same files as reply 1, whose smoke run failed" in port.rounds[1].error
+    assert "mat1 and mat2" in port.rounds[1].error and reasons(port) == ["accepted"]
+
+
 def test_smoke_failure_after_repairs_is_recorded_not_trained():
     port = FakePort(proposals=1, repair_rounds=1,
                     smoke=[FakeSmoke(False, "nonfinite", "loss is nan"), FakeSmoke(False, "crash", TRACEBACK)])

@@ -236,14 +236,14 @@ def _run_cli(*args, **kw) -> subprocess.CompletedProcess:
 
 
 def test_idea_run_through_http(tiny_bench, tmp_path):
-    # parse_retries defaults to 2: a proposal gets at most 3 replies.
-    script = [MALFORMED_REPLY, ADAM_REPLY] + [NO_EDITS_REPLY] * 3 + [PROTECTED_REPLY] * 3
+    # parse_retries defaults to 3: a proposal gets at most 4 replies.
+    script = [MALFORMED_REPLY, ADAM_REPLY] + [NO_EDITS_REPLY] * 4 + [PROTECTED_REPLY] * 4
     runs = tmp_path / "runs"
     with ScriptedServer(script) as server:
         proc = _run_cli("run", "--idea", "adaptive LR optimizer", "--benchmark", tiny_bench, "--proposals", 3,
                         "--seeds", 2, "--no-verify", "--llm-base-url", server.base_url, "--runs-dir", runs)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert server.chat_requests == 8
+    assert server.chat_requests == 10
     run_dir = next(runs.iterdir())
     show = json.loads(_run_cli("show", run_dir, "--json").stdout)
     reasons = [p["reason"] for p in show["proposals"]]
@@ -252,8 +252,8 @@ def test_idea_run_through_http(tiny_bench, tmp_path):
     db = sqlite3.connect(run_dir / "ledger.sqlite")
     calls = db.execute("SELECT proposal_idx, attempt, model, prompt_tokens, completion_tokens, cost_usd, reply "
                        "FROM llm_calls ORDER BY id").fetchall()
-    assert [(c[0], c[1]) for c in calls] == [(1, 1), (1, 2), (2, 1), (2, 2), (2, 3), (3, 1),
-                                                (3, 2), (3, 3)]
+    assert [(c[0], c[1]) for c in calls] == [(1, 1), (1, 2), (2, 1), (2, 2), (2, 3), (2, 4), (3, 1),
+                                                (3, 2), (3, 3), (3, 4)]
     assert all(c[2] == "scripted-model" and c[3] == 321 and c[4] == 45 and c[5] == 0.0 for c in calls)
     report = (run_dir / show["proposals"][0]["report"]).read_text()
     assert "torch.optim.Adam" in report and "2 call(s), 642 prompt + 90 completion tokens" in report
@@ -275,7 +275,7 @@ def test_whole_file_run_repairs_a_smoke_crash_and_never_trains_a_static_failure(
     """Through HTTP and the CLI: proposal 1 crashes in its smoke run, the traceback goes back to the
     model and the repaired reply is gated; proposal 2 keeps an undefined name through its repair
     rounds and is recorded as static_check without a single trial."""
-    script = [_whole(CRASHING_OPTIM, "Adam"), _whole(ADAM_OPTIM, "Adam")] + [_whole(UNDEFINED_OPTIM, "Adam v2")] * 3
+    script = [_whole(CRASHING_OPTIM, "Adam"), _whole(ADAM_OPTIM, "Adam")] + [_whole(UNDEFINED_OPTIM, "Adam v2")] * 4
     runs = tmp_path / "runs"
     with ScriptedServer(script) as server:
         proc = _run_cli("run", "--idea", "adaptive LR optimizer", "--benchmark", tiny_bench, "--proposals", 2,
@@ -284,7 +284,7 @@ def test_whole_file_run_repairs_a_smoke_crash_and_never_trains_a_static_failure(
         requests = server.requests
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # A local endpoint: each request carries the fenced file's grammar (llama.cpp's extension), no JSON mode.
-    assert len(requests) == 5 and all('path ::= "model.py" | "optim.py" | "train.py"' in r["grammar"]
+    assert len(requests) == 6 and all('path ::= "model.py" | "optim.py" | "train.py"' in r["grammar"]
                                       and "response_format" not in r for r in requests)
     repair = requests[1]["messages"][-1]["content"]
     assert "short test run" in repair and "mat1 and mat2 shapes" in repair
@@ -300,7 +300,8 @@ def test_whole_file_run_repairs_a_smoke_crash_and_never_trains_a_static_failure(
     assert "optim.py:" in does and "torch.optim.Adam" in does and "**The model's claims**" in report1
     assert "2 replies, 1 repair round(s): smoke run failed, passed (edit format whole-file" in report1
     report2 = (run_dir / second["report"]).read_text()
-    assert "3 replies, 2 repair round(s): static check failed, static check failed, static check failed" in report2
+    assert ("4 replies, 3 repair round(s): static check failed, static check failed, static check failed, "
+            "static check failed") in report2
     assert "parameters" in report2  # its diff is recorded
 
 

@@ -536,11 +536,14 @@ CASES: list[Case] = [
         raise SystemExit("BLOCKED: /proc and /sys are read-only here")
         """), ("crash",), "BLOCKED"),
     Case("remount-and-unshare", train_attack("remount the code read-write", """
-        import subprocess
-        try:
-            rc = subprocess.run(["mount", "-o", "remount,rw", "/sandbox/repo"], capture_output=True).returncode
-        except OSError:
-            rc = -1
+        # Through the system calls themselves (the sandbox has no mount binary): a new user and
+        # mount namespace, where this process would hold every capability, then a read-write remount.
+        ctypes = __import__("ct" + "ypes")  # past the static pre-check: the sandbox is what is tested
+        libc = ctypes.CDLL(None, use_errno=True)
+        CLONE_NEWUSER, CLONE_NEWNS, MS_REMOUNT, MS_BIND = 0x10000000, 0x00020000, 32, 4096
+        libc.unshare(CLONE_NEWUSER | CLONE_NEWNS)
+        rc = libc.mount(None, b"/sandbox/repo", None, MS_REMOUNT | MS_BIND, None)
+        rc = ctypes.get_errno() if rc != 0 else 0  # the errno of a refused remount
         try:
             open("/sandbox/repo/model.py", "a").close()
         except OSError:
