@@ -24,6 +24,7 @@ from typing import Callable
 from autoresearch.agent.proposal import (ApplyFailed, Edit, InvalidProposal, NotEditable, Proposal,
                                          ProposalRejected, apply_proposal, parse_reply)
 from autoresearch.agent.directions import behaviour_key, same_behaviour, since_last_acceptance
+from autoresearch.agent.repo_calls import repo_call_problem
 from autoresearch.agent.torch_calls import torch_call_problem
 from autoresearch.agent_port import PastProposal
 from autoresearch.describe import describe_change
@@ -217,7 +218,8 @@ def check_reply(raw: str, files: dict[str, str], editable, history: list[PastPro
         raise InvalidProposal("that is the format example from the prompt, not a proposal of your own")
     proposal = add_missing_imports(proposal)
     new_files = apply_proposal(files, proposal, list(editable))
-    problem = static_problem(files, new_files) or torch_call_problem(files, new_files)
+    problem = static_problem(files, new_files) or torch_call_problem(files, new_files) or \
+        repo_call_problem(files, new_files)
     if problem:
         raise StaticCheckFailed(problem)
     if same_behaviour(files, new_files):

@@ -249,3 +249,48 @@ def test_the_same_experiment_in_other_words_is_a_duplicate():
         check_reply(_reply(ADAM), files, ["optim.py"], [], change_hash=files_hash)
     uses_math = first.replace("gamma=0.95", "gamma=math.exp(-0.05)")
     assert behaviour_key({"optim.py": uses_math}) != behaviour_key({"optim.py": uses_math.replace("import math\n", "")})
+
+
+# --------------------------------------------------------------------------- calls between the repo's files
+
+def _digits_repo() -> dict[str, str]:
+    from conftest import REPO_ROOT
+
+    root = REPO_ROOT / "baselines" / "digits-mlp" / "repo"
+    return {p.name: p.read_text() for p in root.glob("*.py")}
+
+
+def test_a_call_the_change_breaks_between_the_repos_files_is_a_static_failure():
+    """Seen with the 1.5B model, each a smoke-run crash: `lr` made a required argument of
+    build_optimizer while train.py calls it without one; train.py rewritten to call
+    build_optimizer(model.parameters(), lr=1e-4) without steps_per_epoch and epochs; a nested
+    scheduler function called with fewer arguments than it takes."""
+    import pytest
+
+    from autoresearch.agent.checks import StaticCheckFailed, check_reply
+    from autoresearch.agent.repo_calls import repo_call_problem
+    from autoresearch.outcomes import files_hash
+
+    files = _digits_repo()
+    editable = ["optim.py", "model.py", "train.py"]
+    required_lr = files["optim.py"].replace("epochs: int):", "epochs: int, lr):").replace("lr=0.01)", "lr=lr)")
+    with pytest.raises(StaticCheckFailed, match=r"train.py line 15, `build_optimizer\(model.parameters\(\), steps_per_"
+                                                r"epoch=steps_per_epoch, epochs=epochs\)`: misses a required argument: "
+                                                r"'lr'. The change leaves it calling build_optimizer\(params, \*, "
+                                                r"steps_per_epoch, epochs, lr\)"):
+        check_reply(_reply(required_lr), files, editable, [], change_hash=files_hash)
+    short_call = files["train.py"].replace("build_optimizer(model.parameters(), steps_per_epoch=steps_per_epoch, "
+                                           "epochs=epochs)", "build_optimizer(model.parameters(), lr=1e-4)")
+    assert short_call != files["train.py"]
+    problem = repo_call_problem(files, {**files, "train.py": short_call})
+    assert "`build_optimizer(model.parameters(), lr=1e-4)`: misses a required argument: 'steps_per_epoch'" in problem
+    nested = files["optim.py"].replace(
+        "    scheduler = None", "    def custom(optimizer, epoch):\n        return None\n\n    scheduler = custom(optimizer)")
+    assert "`custom(optimizer)`: misses a required argument: 'epoch'" in repo_call_problem(files, {**files, "optim.py": nested})
+    # What binds passes: a new parameter with a default, a call through **kwargs, a decorated
+    # function (its decorator may change the signature), and a call that failed already before.
+    for ok in (files["optim.py"].replace("epochs: int):", "epochs: int, lr=0.01):"),
+               nested.replace("custom(optimizer)", "custom(optimizer, **{'epoch': 1})"),
+               nested.replace("    def custom", "    @staticmethod\n    def custom")):
+        assert repo_call_problem(files, {**files, "optim.py": ok}) is None, ok
+    assert repo_call_problem({**files, "optim.py": nested}, {**files, "optim.py": nested + "\n# more\n"}) is None
