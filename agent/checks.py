@@ -25,7 +25,7 @@ from autoresearch.agent.proposal import (ApplyFailed, Edit, InvalidProposal, Not
                                          ProposalRejected, apply_proposal, parse_reply)
 from autoresearch.agent.directions import behaviour_key, same_behaviour, since_last_acceptance
 from autoresearch.agent.repo_calls import repo_call_problem
-from autoresearch.agent.torch_calls import torch_call_problem
+from autoresearch.agent.torch_calls import drop_logging_keywords, torch_call_problem
 from autoresearch.agent_port import PastProposal
 from autoresearch.describe import describe_change
 from autoresearch.reasons import Reason
@@ -109,13 +109,17 @@ def import_line(name: str) -> str | None:
 
 def add_missing_imports(proposal: Proposal) -> Proposal:
     """A whole file that uses a common module (math, torch, nn, ...) or a torch.optim class without
-    importing it gets the import line at its top: the one mechanical repair the agent makes itself
-    (the 1.5B model drops `import math` and does not put it back when told). Deterministic from the
+    importing it gets the import line at its top, and a torch.optim call loses a keyword that only
+    sets printing which the installed torch no longer takes (`verbose`): the mechanical repairs
+    the agent makes itself (the 1.5B model drops `import math` and does not put it back when told). Deterministic from the
     reply, so a resume makes the same change; the diff and its description show the import like any
     other line, and the checks that follow judge the class like any other torch.optim call."""
     edits = []
     for edit in proposal.edits:
         if edit.search == "" and edit.path.endswith(".py"):
+            dropped = drop_logging_keywords(edit.replace)
+            if dropped != edit.replace:
+                edit = Edit(path=edit.path, search="", replace=dropped)
             try:
                 names = [n.split("'")[1] for n in undefined_names(edit.replace, edit.path)]
             except SyntaxError:

@@ -63,7 +63,9 @@ def _number(node: ast.AST) -> float | int | None:
 
 
 def _from_torch_optim(tree: ast.Module) -> dict[str, str]:
-    """Bare names bound by `from torch.optim import X` (and lr_scheduler): name -> the class's name."""
+    """Bare names bound by `from torch.optim import X` (and lr_scheduler): name -> the class's name.
+    A star import (`from torch.optim.lr_scheduler import *`, which the 1.5B model writes) is kept
+    as the key "*": any bare name may then be torch's (torch_optim_class)."""
     found = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module in ("torch.optim", "torch.optim.lr_scheduler"):
@@ -78,7 +80,7 @@ def torch_optim_class(dotted: str, imported: dict[str, str]):
     class of the repo's own named Adam is not torch's."""
     parts = dotted.split(".")
     if len(parts) == 1:
-        name = imported.get(dotted)
+        name = imported.get(dotted) or (dotted if "*" in imported else None)
     elif dotted.startswith(("torch.optim.", "optim.", "lr_scheduler.")):
         name = parts[-1]
     else:

@@ -110,3 +110,47 @@ def _parameters(cls, shown: int = 8) -> str:
     parts = [n if p.default is inspect.Parameter.empty else f"{n}={p.default!r}"
              for n, p in sig.parameters.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     return ", ".join(parts[:shown] + (["..."] if len(parts) > shown else []))
+
+
+# Keywords older torch took that change nothing but what is printed: models trained on older code
+# write them (`ReduceLROnPlateau(..., verbose=True)`, four times in one run of the 1.5B model) and
+# the installed torch refuses them. Dropped where the installed class does not take them.
+LOGGING_ONLY = ("verbose",)
+
+
+def drop_logging_keywords(source: str) -> str:
+    """``source`` with each LOGGING_ONLY keyword removed from the torch.optim calls whose class does
+    not take it (with the comma before it, and a comment between); unchanged if there is none or
+    it does not parse."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError):
+        return source
+    data = source.encode()
+    starts = [0]
+    for line in data.splitlines(keepends=True):
+        starts.append(starts[-1] + len(line))
+
+    def at(lineno: int, col: int) -> int:  # ast columns count UTF-8 bytes
+        return starts[lineno - 1] + col
+
+    imported = _from_torch_optim(tree)
+    cuts = []
+    for call in ast.walk(tree):
+        if not isinstance(call, ast.Call):
+            continue
+        cls = torch_optim_class(_dotted(call.func), imported)
+        sig = _signature(cls) if cls is not None else None
+        if sig is None or any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
+            continue
+        for kw in call.keywords:
+            if kw.arg not in LOGGING_ONLY or kw.arg in sig.parameters:
+                continue
+            before = [n for n in (*call.args, *call.keywords)
+                      if (n.end_lineno, n.end_col_offset) <= (kw.lineno, kw.col_offset)]
+            if before:  # from the end of the argument before it: its comma goes with it
+                last = max(before, key=lambda n: (n.end_lineno, n.end_col_offset))
+                cuts.append((at(last.end_lineno, last.end_col_offset), at(kw.end_lineno, kw.end_col_offset)))
+    for start, end in sorted(cuts, reverse=True):
+        data = data[:start] + data[end:]
+    return data.decode()

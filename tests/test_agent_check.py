@@ -221,6 +221,31 @@ def test_a_torch_optim_class_written_bare_gets_its_import_and_its_checks():
                     ["optim.py", "train.py"], [], change_hash=files_hash)
 
 
+def test_verbose_is_dropped_and_a_star_import_is_judged_like_any_torch_optim_call():
+    """Seen with the 1.5B model in one run: `verbose=True` on four schedules (this torch refuses it,
+    and it only sets printing), and ReduceLROnPlateau under `from torch.optim.lr_scheduler import *`,
+    which the static check did not see as torch's: it crashed in the smoke run instead."""
+    import pytest
+
+    from autoresearch.agent.checks import StaticCheckFailed, check_reply
+    from autoresearch.outcomes import files_hash
+
+    files = {"optim.py": ADAM, "train.py": LOOP}
+    _, new = check_reply(_reply(_with_scheduler("torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=100, "
+                                                "verbose=True, eta_min=1e-6)")), files, ["optim.py", "train.py"], [],
+                         change_hash=files_hash)
+    assert "CosineAnnealingLR(optimizer, T_max=100, eta_min=1e-6)\n" in new["optim.py"] and "verbose" not in new["optim.py"]
+    star = _with_scheduler("ReduceLROnPlateau(optimizer, factor=0.5, verbose=True)").replace(
+        "import torch\n", "import torch\nfrom torch.optim.lr_scheduler import *\n")
+    with pytest.raises(StaticCheckFailed, match=r"`ReduceLROnPlateau\(optimizer, factor=0.5\)`: ReduceLROnPlateau.step\(\) "
+                                                r"needs 'metrics'"):
+        check_reply(_reply(star), files, ["optim.py", "train.py"], [], change_hash=files_hash)
+    # A keyword that changes training is the model's to fix, not dropped.
+    with pytest.raises(StaticCheckFailed, match=r"unexpected keyword argument 'decay'"):
+        check_reply(_reply(_with_scheduler("torch.optim.lr_scheduler.StepLR(optimizer, 10, decay=0.5)")), files,
+                    ["optim.py", "train.py"], [], change_hash=files_hash)
+
+
 def test_the_same_experiment_in_other_words_is_a_duplicate():
     """Seen with the 1.5B model from a fresh clone: ExponentialLR(gamma=0.95) proposed three times,
     trained three times with identical results, the repeats differing from the first only in a
