@@ -107,13 +107,14 @@ def import_line(name: str) -> str | None:
     return None
 
 
-def add_missing_imports(proposal: Proposal) -> Proposal:
-    """A whole file that uses a common module (math, torch, nn, ...) or a torch.optim class without
-    importing it gets the import line at its top, and a torch.optim call loses a keyword that only
-    sets printing which the installed torch no longer takes (`verbose`): the mechanical repairs
-    the agent makes itself (the 1.5B model drops `import math` and does not put it back when told). Deterministic from the
-    reply, so a resume makes the same change; the diff and its description show the import like any
-    other line, and the checks that follow judge the class like any other torch.optim call."""
+def mechanical_repairs(proposal: Proposal) -> Proposal:
+    """The repairs the agent makes itself, to whole files only: a torch.optim call loses a keyword
+    that only sets printing and that the installed torch no longer takes (`verbose`), and a file
+    that uses a common module (math, torch, nn, ...) or a torch.optim class without importing it
+    gets the import line at its top, when nothing else is undefined (the 1.5B model drops `import
+    math` and does not put it back when told). Deterministic from the reply, so a resume makes the
+    same change; the diff and its description show them like any other line, and the checks that
+    follow judge an imported class like any other torch.optim call."""
     edits = []
     for edit in proposal.edits:
         if edit.search == "" and edit.path.endswith(".py"):
@@ -220,7 +221,7 @@ def check_reply(raw: str, files: dict[str, str], editable, history: list[PastPro
     if example is not None and proposal.edits and \
             [(e.path, e.search, e.replace) for e in proposal.edits] == [tuple(e.values()) for e in example["edits"]]:
         raise InvalidProposal("that is the format example from the prompt, not a proposal of your own")
-    proposal = add_missing_imports(proposal)
+    proposal = mechanical_repairs(proposal)
     new_files = apply_proposal(files, proposal, list(editable))
     problem = static_problem(files, new_files) or torch_call_problem(files, new_files) or \
         repo_call_problem(files, new_files)
@@ -312,7 +313,7 @@ def final_verdict(raw: str, exc: ProposalRejected) -> Proposal | ProposalRejecte
     if isinstance(exc, InvalidProposal):
         return exc
     try:
-        proposal = add_missing_imports(parse_reply(raw))  # what was checked, as check_reply made it
+        proposal = mechanical_repairs(parse_reply(raw))  # what was checked, as check_reply made it
     except ProposalRejected:
         return exc
     if isinstance(exc, (StaticCheckFailed, SmokeFailed, DuplicateProposal)):

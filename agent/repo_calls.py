@@ -87,7 +87,7 @@ def _definitions(trees: dict[str, ast.Module]) -> dict[str, dict[str, _Def]]:
 def _callees(tree: ast.Module, module: str, defs: dict[str, dict[str, _Def]]) -> dict[str, _Def]:
     """What a bare name or ``alias.name`` refers to in this module: its own defs, names imported
     from a repo module (``from optim import build_optimizer``), and ``import optim`` aliases."""
-    names = {name: node for name, node in defs.get(module, {}).items()}
+    names = dict(defs.get(module, {}))
     for node in tree.body:
         if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module in defs:
             for alias in node.names:

@@ -30,17 +30,17 @@ def test_a_missing_module_import_is_named_in_the_repair_message():
 
 
 def test_a_whole_file_missing_only_common_imports_gets_them_added():
-    from autoresearch.agent.checks import add_missing_imports
+    from autoresearch.agent.checks import mechanical_repairs
     from autoresearch.agent.proposal import Edit, Proposal
 
     src = '"""Doc."""\nimport torch\n\ndef f(p):\n    return torch.optim.Adam(p, lr=math.sqrt(1e-6))\n'
-    fixed = add_missing_imports(Proposal(title="t", hypothesis="", edits=(Edit("optim.py", "", src),)))
+    fixed = mechanical_repairs(Proposal(title="t", hypothesis="", edits=(Edit("optim.py", "", src),)))
     assert fixed.edits[0].replace == '"""Doc."""\nimport math\nimport torch\n\ndef f(p):\n' \
         '    return torch.optim.Adam(p, lr=math.sqrt(1e-6))\n'
     # Another undefined name as well: left to the model (a repair round says what is missing).
     other = src.replace("lr=", "betas=betas, lr=")
     same = Proposal(title="t", hypothesis="", edits=(Edit("optim.py", "", other),))
-    assert add_missing_imports(same) is same
+    assert mechanical_repairs(same) is same
 
 
 # --------------------------------------------------------------------------- the same kind again
