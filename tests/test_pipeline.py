@@ -307,12 +307,12 @@ def test_kill_with_proposals_in_flight_then_resume(tmp_path):
         resumed = subprocess.run([*FAKE_AUTORESEARCH, "resume", str(run_dir)], capture_output=True, text=True,
                                  env=env, timeout=300)
         assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-        assert server.chat_requests == 2 + 3  # proposal 3 only (NO_EDITS, repaired twice)
+        assert server.chat_requests == 2 + 4  # proposal 3 only (NO_EDITS, repaired three times: parse_retries 3)
     finally:
         server.__exit__()
     assert outcome(run_dir) == reference
     db = sqlite3.connect(run_dir / "ledger.sqlite")
-    assert [r[0] for r in db.execute("SELECT proposal_idx FROM llm_calls ORDER BY id")] == [1, 2, 3, 3, 3]
+    assert [r[0] for r in db.execute("SELECT proposal_idx FROM llm_calls ORDER BY id")] == [1, 2, 3, 3, 3, 3]
 
 
 def test_rebase_merges_what_only_one_side_touched_and_refuses_conflicts():
