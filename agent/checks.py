@@ -24,7 +24,7 @@ from typing import Callable
 from autoresearch.agent.proposal import (ApplyFailed, Edit, InvalidProposal, NotEditable, Proposal,
                                          ProposalRejected, apply_proposal, parse_reply)
 from autoresearch.agent.directions import behaviour_key, same_behaviour, since_last_acceptance
-from autoresearch.agent.repo_calls import repo_call_problem
+from autoresearch.agent.repo_calls import entry_point_problem, repo_call_problem
 from autoresearch.agent.torch_calls import drop_logging_keywords, torch_call_problem
 from autoresearch.agent_port import PastProposal
 from autoresearch.describe import describe_change
@@ -224,7 +224,7 @@ def check_reply(raw: str, files: dict[str, str], editable, history: list[PastPro
     proposal = mechanical_repairs(proposal)
     new_files = apply_proposal(files, proposal, list(editable))
     problem = static_problem(files, new_files) or torch_call_problem(files, new_files) or \
-        repo_call_problem(files, new_files)
+        repo_call_problem(files, new_files) or entry_point_problem(files, new_files)
     if problem:
         raise StaticCheckFailed(problem)
     if same_behaviour(files, new_files):

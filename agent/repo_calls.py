@@ -1,5 +1,7 @@
-"""Static check of calls between the repo's own functions: a call that cannot bind to the function
-it calls, as the change leaves both. Found without running anything, from the source alone.
+"""Static checks of calls into the repo's own functions, found from the source alone: a call
+between the repo's files that cannot bind to the function it calls, as the change leaves both
+(``repo_call_problem``); and a function only the harness calls (``fit``, ``build_model``) whose
+parameters the change makes unfit for the call it took (``entry_point_problem``).
 
 Seen with the 1.5B model, each a smoke-run crash that cost a repair round and a sandbox start:
 ``build_optimizer(..., lr)`` made a required argument while train.py still calls it without one;
@@ -151,4 +153,56 @@ def repo_call_problem(old: dict[str, str], new: dict[str, str]) -> str | None:
         return (f"{path} line {line}, `{_one_line(source, 120)}`: {why.replace('missing a required', 'misses a required')}"
                 f". The change leaves it calling {_shown(target)}: make the call and the definition agree (a "
                 "new parameter needs a default value; keep the arguments the other file passes).")
+    return None
+
+
+def _called_in_repo(trees: dict[str, ast.Module]) -> set[str]:
+    """Every name the repo's files call, bare or as an attribute (``module.name``)."""
+    names = set()
+    for tree in trees.values():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                func = node.func
+                names.add(func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else "")
+    return names
+
+
+def entry_point_problem(old: dict[str, str], new: dict[str, str]) -> str | None:
+    """A top-level function no file of the repo calls (the harness does: ``fit``, ``build_model``)
+    whose signature the change makes unfit for the calls it took: a parameter removed (with no
+    ``*args``/``**kwargs`` to take it) or a new one without a default. The harness's calls are not
+    in the repo, so the old signature stands for them."""
+    trees = {p: t for p, text in new.items() if p.endswith(".py") and text != old.get(p)
+             and (t := _parse(text)) is not None}
+    called = _called_in_repo({p: t for p, text in new.items() if p.endswith(".py") and (t := _parse(text)) is not None})
+    for path, tree in sorted(trees.items()):
+        before = _parse(old.get(path, ""))
+        if before is None:
+            continue
+        old_defs = {n.name: n for n in before.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+        for node in tree.body:
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or node.name not in old_defs \
+                    or node.name in called:
+                continue
+            was, now = _signature(old_defs[node.name]), _signature(node)
+            if was is None or now is None:
+                continue
+            P = inspect.Parameter
+            absorbs = any(p.kind in (P.VAR_POSITIONAL, P.VAR_KEYWORD) for p in now.parameters.values())
+            # A leading positional parameter renamed in its place is the same parameter to a
+            # positional call (the harness passes model, x, y and build_model's two by position).
+            positional = (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD)
+            renamed = {a: b for a, b in zip([n for n, p in was.parameters.items() if p.kind in positional],
+                                            [n for n, p in now.parameters.items() if p.kind in positional])}
+            removed = [n for n, p in was.parameters.items() if p.kind not in (P.VAR_POSITIONAL, P.VAR_KEYWORD)
+                       and n not in now.parameters and n not in renamed and not absorbs]
+            required = [n for n, p in now.parameters.items() if n not in was.parameters
+                        and n not in renamed.values() and p.default is P.empty
+                        and p.kind not in (P.VAR_POSITIONAL, P.VAR_KEYWORD)]
+            if removed or required:
+                what = "; ".join(([f"removes {', '.join(map(repr, removed))}"] if removed else [])
+                                 + ([f"adds {', '.join(map(repr, required))} with no default"] if required else []))
+                return (f"{path} line {node.lineno}: {node.name} is called by the harness (no file of the repo calls "
+                        f"it), as {_shown(old_defs[node.name])}; the change {what}, so that call would fail. Keep "
+                        "its parameters; a new one needs a default value.")
     return None

@@ -319,3 +319,37 @@ def test_a_call_the_change_breaks_between_the_repos_files_is_a_static_failure():
                nested.replace("    def custom", "    @staticmethod\n    def custom")):
         assert repo_call_problem(files, {**files, "optim.py": ok}) is None, ok
     assert repo_call_problem({**files, "optim.py": nested}, {**files, "optim.py": nested + "\n# more\n"}) is None
+
+
+def test_a_function_only_the_harness_calls_keeps_the_parameters_it_is_called_with():
+    """fit and build_model are called by the harness, not by any file of the repo: a new parameter
+    without a default, or one removed, would fail that call in training. Renaming a leading
+    positional parameter in its place, a default, or **kwargs keep the call working."""
+    import pytest
+
+    from autoresearch.agent.checks import StaticCheckFailed, check_reply
+    from autoresearch.agent.repo_calls import entry_point_problem
+    from autoresearch.outcomes import files_hash
+
+    files = _digits_repo()
+    fit = "def fit(model, x, y, *, epochs, batch_size, generator, device):"
+    assert fit in files["train.py"]
+
+    def with_fit(line: str) -> dict[str, str]:
+        return {**files, "train.py": files["train.py"].replace(fit, line)}
+
+    warmup = with_fit("def fit(model, x, y, *, epochs, batch_size, generator, device, warmup):")["train.py"]
+    with pytest.raises(StaticCheckFailed, match=r"train.py line 12: fit is called by the harness \(no file of the repo "
+                                                r"calls it\), as fit\(model, x, y, \*, epochs, batch_size, generator, "
+                                                r"device\); the change adds 'warmup' with no default"):
+        check_reply(f"Title: t\nHypothesis: h\nFile: train.py\n```python\n{warmup}```\n", files,
+                    ["optim.py", "model.py", "train.py"], [], change_hash=files_hash)
+    assert "removes 'generator'" in entry_point_problem(files, with_fit("def fit(model, x, y, *, epochs, batch_size, "
+                                                                        "device):"))
+    for ok in ("def fit(model, x, y, *, epochs, batch_size, generator, device, warmup=3):",
+               "def fit(model, x, y, *, epochs, batch_size, device, **extra):",
+               "def fit(net, x, y, *, epochs, batch_size, generator, device):"):
+        assert entry_point_problem(files, with_fit(ok)) is None, ok
+    # build_optimizer is called from train.py: repo_call_problem judges it by that call instead.
+    optim = files["optim.py"].replace("epochs: int):", "epochs: int, warmup):")
+    assert entry_point_problem(files, {**files, "optim.py": optim}) is None
