@@ -172,11 +172,10 @@ def entry_point_problem(old: dict[str, str], new: dict[str, str]) -> str | None:
     whose signature the change makes unfit for the calls it took: a parameter removed (with no
     ``*args``/``**kwargs`` to take it) or a new one without a default. The harness's calls are not
     in the repo, so the old signature stands for them."""
-    trees = {p: t for p, text in new.items() if p.endswith(".py") and text != old.get(p)
-             and (t := _parse(text)) is not None}
-    called = _called_in_repo({p: t for p, text in new.items() if p.endswith(".py") and (t := _parse(text)) is not None})
+    trees = {p: t for p, text in new.items() if p.endswith(".py") and (t := _parse(text)) is not None}
+    called = _called_in_repo(trees)
     for path, tree in sorted(trees.items()):
-        before = _parse(old.get(path, ""))
+        before = _parse(old.get(path, "")) if new[path] != old.get(path) else None
         if before is None:
             continue
         old_defs = {n.name: n for n in before.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
