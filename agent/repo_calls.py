@@ -22,6 +22,7 @@ import ast
 import inspect
 
 from autoresearch.agent.prompts import _one_line
+from autoresearch.agent.torch_calls import binding_problem
 
 _Def = ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
 
@@ -119,17 +120,10 @@ def _failing_calls(files: dict[str, str]) -> dict[tuple[str, str], tuple[int, st
                 f"{func.value.id}.{func.attr}" if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) \
                 else None
             target = callees.get(name) if name else None
-            if target is None or any(isinstance(a, ast.Starred) for a in call.args) or \
-                    any(k.arg is None for k in call.keywords):
-                continue
-            sig = _signature(target)
-            if sig is None:
-                continue
-            try:
-                sig.bind(*[object()] * len(call.args), **{k.arg: object() for k in call.keywords})
-            except TypeError as exc:
+            why = binding_problem(_signature(target), call) if target is not None else None
+            if why:
                 source = ast.get_source_segment(files[path], call) or name
-                failing[(path, " ".join(source.split()))] = (call.lineno, str(exc), target)
+                failing[(path, " ".join(source.split()))] = (call.lineno, why, target)
     return failing
 
 

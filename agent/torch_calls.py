@@ -32,12 +32,10 @@ def _signature(target):
         return None
 
 
-def _binding_problem(cls, call: ast.Call) -> str | None:
-    """Why ``call``'s arguments cannot bind to ``cls``'s constructor, or None."""
-    if any(isinstance(a, ast.Starred) for a in call.args) or any(k.arg is None for k in call.keywords):
-        return None
-    sig = _signature(cls)
-    if sig is None:
+def binding_problem(sig: inspect.Signature | None, call: ast.Call) -> str | None:
+    """Why ``call``'s arguments, as written, cannot bind to ``sig``, or None (also where the call
+    spells them through ``*args``/``**kwargs``, which are not judged, or there is no signature)."""
+    if sig is None or any(isinstance(a, ast.Starred) for a in call.args) or any(k.arg is None for k in call.keywords):
         return None
     try:
         sig.bind(*[object()] * len(call.args), **{k.arg: object() for k in call.keywords})
@@ -88,7 +86,7 @@ def torch_call_problem(old: dict[str, str], new: dict[str, str]) -> str | None:
             if cls is None:
                 continue
             where = f"{path} line {call.lineno}, `{_one_line(ast.get_source_segment(text, call) or cls.__name__, 120)}`"
-            problem = _binding_problem(cls, call)
+            problem = binding_problem(_signature(cls), call)
             if problem:
                 return (f"{where}: {problem}. It is {cls.__name__}({_parameters(cls)}); pass the arguments it "
                         "requires, by those names.")
