@@ -22,10 +22,10 @@ import sys
 from typing import Callable
 
 from autoresearch.agent.proposal import (ApplyFailed, Edit, InvalidProposal, NotEditable, Proposal,
-                                         ProposalRejected, apply_proposal, parse_reply)
+                                         ProposalRejected, apply_proposal, normalise_path, parse_reply)
 from autoresearch.agent.directions import behaviour_key, same_behaviour, since_last_acceptance
 from autoresearch.agent.repo_calls import entry_point_problem, repo_call_problem
-from autoresearch.agent.torch_calls import drop_logging_keywords, torch_call_problem
+from autoresearch.agent.torch_calls import carried_settings, drop_logging_keywords, torch_call_problem
 from autoresearch.agent_port import PastProposal
 from autoresearch.describe import describe_change
 from autoresearch.reasons import Reason
@@ -115,12 +115,14 @@ def mechanical_repairs(proposal: Proposal) -> Proposal:
     math` and does not put it back when told). Deterministic from the reply, so a resume makes the
     same change; the diff and its description show them like any other line, and the checks that
     follow judge an imported class like any other torch.optim call."""
-    edits = []
+    edits, notes = [], list(proposal.notes)
     for edit in proposal.edits:
         if edit.search == "" and edit.path.endswith(".py"):
             dropped = drop_logging_keywords(edit.replace)
             if dropped != edit.replace:
                 edit = Edit(path=edit.path, search="", replace=dropped)
+                notes.append(f"{edit.path}: `verbose=` dropped from a torch.optim call (it only sets printing; "
+                             "this torch no longer takes it)")
             try:
                 names = [n.split("'")[1] for n in undefined_names(edit.replace, edit.path)]
             except SyntaxError:
@@ -129,9 +131,10 @@ def mechanical_repairs(proposal: Proposal) -> Proposal:
             missing = sorted({line for line in lines.values() if line})
             if missing and all(lines.values()):  # only then: nothing else is undefined
                 edit = Edit(path=edit.path, search="", replace=_insert_imports(edit.replace, missing))
+                notes.append(f"{edit.path}: added `{'`, `'.join(missing)}` (used without being imported)")
         edits.append(edit)
     return proposal if tuple(edits) == proposal.edits else \
-        Proposal(title=proposal.title, hypothesis=proposal.hypothesis, edits=tuple(edits))
+        Proposal(title=proposal.title, hypothesis=proposal.hypothesis, edits=tuple(edits), notes=tuple(notes))
 
 
 def _insert_imports(source: str, lines: list[str]) -> str:
@@ -211,18 +214,46 @@ def static_problem(old: dict[str, str], new: dict[str, str]) -> str | None:
     return None
 
 
+def at_own_defaults(files: dict[str, str], proposal: Proposal, new_files: dict[str, str]
+                    ) -> tuple[Proposal, dict[str, str]]:
+    """A switched update rule at its own defaults (torch_calls.carried_settings): each changed file
+    where a setting of the old rule was carried over gets it dropped; its edits become one
+    whole-file edit with that content, and the proposal says so in ``notes``."""
+    edits, notes, out = list(proposal.edits), list(proposal.notes), dict(new_files)
+    for path in sorted(p for p in new_files if p.endswith(".py") and new_files[p] != files.get(p)):
+        text, dropped = carried_settings(files.get(path, ""), new_files[path])
+        if not dropped:
+            continue
+        first = next(i for i, e in enumerate(edits) if normalise_path(e.path) == path)
+        edits = [e for i, e in enumerate(edits) if i == first or normalise_path(e.path) != path]
+        edits[first] = Edit(path=path, search="", replace=text)
+        out[path] = text
+        notes += [f"{path}: {n}" for n in dropped]
+    if out == new_files:
+        return proposal, new_files
+    return Proposal(title=proposal.title, hypothesis=proposal.hypothesis, edits=tuple(edits),
+                    notes=tuple(notes)), out
+
+
+def prepare_reply(raw: str, files: dict[str, str], editable, *, example: dict | None = None
+                  ) -> tuple[Proposal, dict[str, str]]:
+    """Parse a reply, make the agent's own repairs, and apply it to ``files``: (proposal as it will
+    be recorded, new files), or raise the parse or apply failure."""
+    proposal = parse_reply(raw)
+    if example is not None and proposal.edits and \
+            [(e.path, e.search, e.replace) for e in proposal.edits] == [tuple(e.values()) for e in example["edits"]]:
+        raise InvalidProposal("that is the format example from the prompt, not a proposal of your own")
+    proposal = mechanical_repairs(proposal)
+    return at_own_defaults(files, proposal, apply_proposal(files, proposal, list(editable)))
+
+
 def check_reply(raw: str, files: dict[str, str], editable, history: list[PastProposal], *,
                 change_hash: Callable[[dict[str, str]], str], example: dict | None = None
                 ) -> tuple[Proposal, dict[str, str]]:
     """Parse a reply and dry-run it on the incumbent's ``files``: (proposal, new files), or raise
     the ProposalRejected of the first check it fails (all but the smoke run). ``change_hash`` is
     the port's hash of a file set, the one earlier proposals' ``change_hash`` was made with."""
-    proposal = parse_reply(raw)
-    if example is not None and proposal.edits and \
-            [(e.path, e.search, e.replace) for e in proposal.edits] == [tuple(e.values()) for e in example["edits"]]:
-        raise InvalidProposal("that is the format example from the prompt, not a proposal of your own")
-    proposal = mechanical_repairs(proposal)
-    new_files = apply_proposal(files, proposal, list(editable))
+    proposal, new_files = prepare_reply(raw, files, editable, example=example)
     problem = static_problem(files, new_files) or torch_call_problem(files, new_files) or \
         repo_call_problem(files, new_files) or entry_point_problem(files, new_files)
     if problem:
@@ -305,17 +336,26 @@ def call_site_hint(error: str, files: dict[str, str], new_files: dict[str, str])
             f"that call stays as written, so your change must work with it (or choose another change).")
 
 
-def final_verdict(raw: str, exc: ProposalRejected) -> Proposal | ProposalRejected:
+def final_verdict(raw: str, exc: ProposalRejected, files: dict[str, str] | None = None,
+                  editable=None) -> Proposal | ProposalRejected:
     """What the engine records once repairs are used up. An unparsable reply goes as its error.
-    One that parsed keeps its edits in the record: not applicable ones are re-applied by the engine
-    (which records the same reason); ones that applied but cannot run carry the verdict, so the
-    engine commits their diff and trains nothing."""
+    One that parsed keeps its edits in the record, as check_reply made them (given the incumbent's
+    ``files`` and ``editable``: its switched rule at its own defaults too): not applicable ones are
+    re-applied by the engine (which records the same reason); ones that applied but cannot run carry
+    the verdict, so the engine commits their diff and trains nothing."""
     if isinstance(exc, InvalidProposal):
         return exc
     try:
-        proposal = mechanical_repairs(parse_reply(raw))  # what was checked, as check_reply made it
+        if files is not None and editable is not None:
+            proposal = prepare_reply(raw, files, editable)[0]
+        else:
+            proposal = mechanical_repairs(parse_reply(raw))
     except ProposalRejected:
-        return exc
+        try:
+            proposal = mechanical_repairs(parse_reply(raw))
+        except ProposalRejected:
+            return exc
     if isinstance(exc, (StaticCheckFailed, SmokeFailed, DuplicateProposal)):
-        return Proposal(title=proposal.title, hypothesis=proposal.hypothesis, edits=proposal.edits, precheck=exc)
+        return Proposal(title=proposal.title, hypothesis=proposal.hypothesis, edits=proposal.edits, precheck=exc,
+                        notes=proposal.notes)
     return proposal

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict
 
 from autoresearch.agent.checks import (SmokeFailed, call_site_hint, check_name, check_reply, final_verdict,
-                                       smoke_problem)
+                                       prepare_reply, smoke_problem)
 from autoresearch.agent.directions import untried_hint
 from autoresearch.agent.session import LLMSession
 from autoresearch.agent.prompts import build_messages, example_proposal, prompt_hash, repair_message, start_over
@@ -74,14 +74,23 @@ def _check(ctx: AgentContext, state: AgentState) -> tuple[Proposal, dict[str, st
                        example=example)
 
 
+def _agent_notes(ctx: AgentContext, state: AgentState) -> tuple[str, ...]:
+    """What the agent itself changed in this reply (a reply that does not parse or apply: nothing)."""
+    try:
+        return prepare_reply(state["raw"], state["files"], ctx.port.task.editable)[0].notes
+    except ProposalRejected:
+        return ()
+
+
 def verdict_without_llm(ctx: AgentContext, state: AgentState) -> Proposal | ProposalRejected:
     """A stored reply (resume): every check again, the smoke run included; no repair round."""
     try:
         proposal, new_files = _check(ctx, state)
     except ProposalRejected as exc:
-        return final_verdict(state["raw"], exc)
+        return final_verdict(state["raw"], exc, state["files"], ctx.port.task.editable)
     problem = smoke_problem(ctx.port.smoke(new_files))
-    return final_verdict(state["raw"], SmokeFailed(problem)) if problem else proposal
+    return final_verdict(state["raw"], SmokeFailed(problem), state["files"], ctx.port.task.editable) \
+        if problem else proposal
 
 
 # A repair round samples hotter than the first reply: a small model shown its failed reply tends to
@@ -158,7 +167,8 @@ def build_graph(ctx: AgentContext):
         text = str(exc)
         text = text if len(text) <= 600 else text[:200] + " … " + text[-400:]  # a traceback ends with its cause
         port.note_round(Round(idx=state["idx"], attempt=state["attempt"], check=name, error=text,
-                              edit_format=ctx.edit_format, smoke_seconds=smoke_seconds))
+                              edit_format=ctx.edit_format, smoke_seconds=smoke_seconds,
+                              notes=_agent_notes(ctx, state)))
         if state["attempt"] <= settings.repair_rounds:
             ctx.rounds += 1
             port.stage(f"reply {state['attempt']} for proposal {state['idx']} failed the {name} check: "
@@ -174,7 +184,7 @@ def build_graph(ctx: AgentContext):
                                                 repair_message(name, str(exc), port.task.editable, ctx.edit_format,
                                                                hint)]
             return {"retry": True, "messages": messages, "parsed": None, "failures": failures}
-        return {"retry": False, "parsed": final_verdict(state["raw"], exc)}
+        return {"retry": False, "parsed": final_verdict(state["raw"], exc, state["files"], port.task.editable)}
 
     def check(state: AgentState) -> AgentState:
         try:
@@ -202,7 +212,7 @@ def build_graph(ctx: AgentContext):
             return {**failed(state, SmokeFailed(problem), seconds),
                     "smoked": {**smoked, key: (state["attempt"], problem)}}
         port.note_round(Round(idx=state["idx"], attempt=state["attempt"], check="ok", edit_format=ctx.edit_format,
-                              smoke_seconds=seconds))
+                              smoke_seconds=seconds, notes=state["proposal"].notes))
         return {"parsed": state["proposal"], "retry": False}
 
     def evaluate(state: AgentState) -> AgentState:

@@ -79,6 +79,9 @@ class Proposal:
     # its repair rounds, a repeat of an earlier change): the engine records the change with this
     # reason and its diff, and never trains it.
     precheck: "ProposalRejected | None" = field(default=None, compare=False, repr=False)
+    # What the agent itself changed in the reply before any check (agent.checks.at_own_defaults),
+    # said in the proposal's report beside the model's claims.
+    notes: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     def to_dict(self) -> dict:
         return {"title": self.title, "hypothesis": self.hypothesis, "edits": [asdict(e) for e in self.edits]}

@@ -17,7 +17,7 @@ from __future__ import annotations
 import ast
 import inspect
 
-from autoresearch.agent.directions import _from_torch_optim, torch_optim_class
+from autoresearch.agent.directions import _defaults, _from_torch_optim, torch_optim_class
 from autoresearch.agent.prompts import _one_line
 from autoresearch.describe import _dotted
 
@@ -116,6 +116,35 @@ def _parameters(cls, shown: int = 8) -> str:
 LOGGING_ONLY = ("verbose",)
 
 
+def _line_starts(data: bytes) -> list[int]:
+    starts = [0]
+    for line in data.splitlines(keepends=True):
+        starts.append(starts[-1] + len(line))
+    return starts
+
+
+def _cut_arguments(source: str, cut: list[tuple[ast.Call, ast.AST]]) -> str:
+    """``source`` without each (call, argument) of ``cut``: the argument goes with the comma before it
+    (and a comment between), so the call stays valid Python. An argument with nothing before it
+    (the call's first) is left: no call cut here has one."""
+    data = source.encode()
+    starts = _line_starts(data)
+
+    def at(lineno: int, col: int) -> int:  # ast columns count UTF-8 bytes
+        return starts[lineno - 1] + col
+
+    spans = []
+    for call, arg in cut:
+        before = [n for n in (*call.args, *call.keywords)
+                  if (n.end_lineno, n.end_col_offset) <= (arg.lineno, arg.col_offset)]
+        if before:  # from the end of the argument before it: its comma goes with it
+            last = max(before, key=lambda n: (n.end_lineno, n.end_col_offset))
+            spans.append((at(last.end_lineno, last.end_col_offset), at(arg.end_lineno, arg.end_col_offset)))
+    for start, end in sorted(spans, reverse=True):
+        data = data[:start] + data[end:]
+    return data.decode()
+
+
 def drop_logging_keywords(source: str) -> str:
     """``source`` with each LOGGING_ONLY keyword removed from the torch.optim calls whose class does
     not take it (with the comma before it, and a comment between); unchanged if there is none or
@@ -124,16 +153,8 @@ def drop_logging_keywords(source: str) -> str:
         tree = ast.parse(source)
     except (SyntaxError, ValueError, RecursionError):
         return source
-    data = source.encode()
-    starts = [0]
-    for line in data.splitlines(keepends=True):
-        starts.append(starts[-1] + len(line))
-
-    def at(lineno: int, col: int) -> int:  # ast columns count UTF-8 bytes
-        return starts[lineno - 1] + col
-
     imported = _from_torch_optim(tree)
-    cuts = []
+    cut = []
     for call in ast.walk(tree):
         if not isinstance(call, ast.Call):
             continue
@@ -141,14 +162,82 @@ def drop_logging_keywords(source: str) -> str:
         sig = _signature(cls) if cls is not None else None
         if sig is None or any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
             continue
-        for kw in call.keywords:
-            if kw.arg not in LOGGING_ONLY or kw.arg in sig.parameters:
+        cut += [(call, kw) for kw in call.keywords if kw.arg in LOGGING_ONLY and kw.arg not in sig.parameters]
+    return _cut_arguments(source, cut) if cut else source
+
+
+# ----------------------------------------------------------------- a new update rule at its own defaults
+# Optimizers that scale each parameter's step by its own gradient history. Their rates live on
+# another scale than plain SGD's: Adam's default is 1e-3, SGD is run at 0.01-0.1, and the step of
+# one is lr * gradient, of the other about lr per parameter whatever the gradient's size.
+ADAPTIVE = frozenset({"Adam", "AdamW", "NAdam", "RAdam", "Adamax", "Adagrad", "Adadelta", "RMSprop", "SparseAdam",
+                      "Adafactor"})
+
+
+def _optimizer_calls(tree: ast.Module):
+    """(call, class) for each call of a torch.optim optimizer class in ``tree``."""
+    import torch.optim
+
+    imported = _from_torch_optim(tree)
+    for call in ast.walk(tree):
+        if isinstance(call, ast.Call):
+            cls = torch_optim_class(_dotted(call.func), imported)
+            if isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer):
+                yield call, cls
+
+
+def _numeric(node: ast.AST):
+    try:
+        value = ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return None
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _written_settings(call: ast.Call) -> dict[str, tuple[ast.AST, float]]:
+    """A call's numeric settings as written: keyword -> (node, value); a second positional is `lr`."""
+    found = {kw.arg: (kw, _numeric(kw.value)) for kw in call.keywords if kw.arg}
+    if len(call.args) == 2:  # (params, lr): the only positional setting judged here
+        found.setdefault("lr", (call.args[1], _numeric(call.args[1])))
+    return {k: v for k, v in found.items() if v[1] is not None}
+
+
+def carried_settings(old: str, new: str) -> tuple[str, list[str]]:
+    """``new`` with the settings a switched update rule carried over from the old one left at the
+    new rule's defaults, and one note per setting dropped; ``new`` unchanged where nothing was.
+
+    Where a change replaces plain SGD by an adaptive optimizer (or the reverse) and writes the old
+    call's rate (or momentum, ...) into the new call unchanged, it makes two changes at once: the
+    update rule, and a setting for it at a value chosen for another rule (the 1.5B model swapped
+    SGD(lr=0.01) for AdamW(lr=0.01), ten times AdamW's default, in every run). The new rule is then
+    measured at its own defaults and its rate is a proposal of its own, so each accepted change says
+    what it gained. A setting the change wrote at a new value is the model's choice and is kept;
+    between rules of one family (Adam -> AdamW, SGD -> SGD with momentum) nothing is dropped."""
+    try:
+        old_tree, new_tree = ast.parse(old), ast.parse(new)
+    except (SyntaxError, ValueError, RecursionError):
+        return new, []
+    try:
+        before = list(_optimizer_calls(old_tree))
+    except ImportError:  # an orchestrator without torch: nothing is known about optimizers
+        return new, []
+    classes_before = {cls for _, cls in before}
+    cut, notes = [], []
+    for call, cls in _optimizer_calls(new_tree):
+        if cls in classes_before:
+            continue
+        written = _written_settings(call)
+        defaults = _defaults(cls)
+        for old_call, old_cls in before:
+            if (old_cls.__name__ in ADAPTIVE) == (cls.__name__ in ADAPTIVE):
                 continue
-            before = [n for n in (*call.args, *call.keywords)
-                      if (n.end_lineno, n.end_col_offset) <= (kw.lineno, kw.col_offset)]
-            if before:  # from the end of the argument before it: its comma goes with it
-                last = max(before, key=lambda n: (n.end_lineno, n.end_col_offset))
-                cuts.append((at(last.end_lineno, last.end_col_offset), at(kw.end_lineno, kw.end_col_offset)))
-    for start, end in sorted(cuts, reverse=True):
-        data = data[:start] + data[end:]
-    return data.decode()
+            for name, (_, value) in _written_settings(old_call).items():
+                if name not in written or written[name][1] != value or name not in defaults \
+                        or _numeric(ast.Constant(defaults[name])) is None or defaults[name] == value:
+                    continue
+                node = written.pop(name)[0]
+                cut.append((call, node))
+                notes.append(f"{cls.__name__} at its own default {name}={defaults[name]!r}: the change kept "
+                             f"{old_cls.__name__}'s {name}={value!r}, set for another update rule (its {name} is a "
+                             "proposal of its own)")
+    return (_cut_arguments(new, cut), notes) if cut else (new, [])

@@ -107,6 +107,7 @@ class Round:
     error: str = ""
     edit_format: str = ""
     smoke_seconds: float = 0.0
+    notes: tuple[str, ...] = ()   # what the agent itself changed in this reply (Proposal.notes)
 
 
 class AgentPort(Protocol):

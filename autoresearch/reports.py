@@ -253,6 +253,16 @@ def _agent_rounds(rounds: list[dict]) -> str:
             f"(edit format {markdown_inline(fmt, 40)}; smoke runs {smoke_s:.1f}s)")
 
 
+def _agent_edits(rounds: list[dict]) -> str:
+    """What the agent changed in the proposal's last reply before any check (an import added, a
+    setting carried over from another update rule dropped), from the journal; '' where nothing."""
+    rounds = [r for r in rounds if isinstance(r, dict)] if isinstance(rounds, list) else []
+    notes = rounds[-1].get("notes") if rounds else None
+    if not isinstance(notes, list):
+        return ""
+    return "; ".join(markdown_inline(n, 300) for n in notes[:5] if isinstance(n, str))
+
+
 def _draft_lines(row: dict) -> list[str]:
     """What a proposal drafted ahead (pipelining) was written against, and whether it was rebased."""
     try:
@@ -285,7 +295,7 @@ def write_proposal_report(run: RunFacts, record: "ProposalRecord", ctx: Proposal
     predict_s = sum(_number(_field(t.summary, "predict", "run")) or 0.0 for t in trials if not t.cached)
     devices = sorted({_string(_field(t.summary, "device")) or run.device for t in trials}) or [run.device]
     does, flags = _what_it_does(record, ctx.files)
-    rounds = _agent_rounds(ctx.journal)
+    rounds, edits = _agent_rounds(ctx.journal), _agent_edits(ctx.journal)
     lines = [
         f"# Proposal {record.idx:03d}: {markdown_inline(record.title, 200)}",
         "",
@@ -306,6 +316,7 @@ def write_proposal_report(run: RunFacts, record: "ProposalRecord", ctx: Proposal
         f"- run: `{run.run_id}`; benchmark `{spec.name}` v{spec.version}; source: {row.get('source', '-')}",
         f"- idea: {markdown_inline(run.idea) if run.idea else '(proposals file, no idea)'}",
         *([f"- agent: {rounds}"] if rounds else []),
+        *([f"- the agent's own edits to the model's reply (in the diff): {edits}"] if edits else []),
         f"- parent (incumbent) commit: `{row.get('parent_commit', '-')}`; this proposal's commit: `{record.commit}` "
         f"(ref `refs/proposals/{record.idx:03d}`)",
         *_draft_lines(row),

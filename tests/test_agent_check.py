@@ -2,6 +2,9 @@
 model gets a repair round instead of a wasted training run."""
 
 import dataclasses
+import json
+
+import pytest
 
 from autoresearch.agent.loop import undefined_names
 
@@ -353,3 +356,43 @@ def test_a_function_only_the_harness_calls_keeps_the_parameters_it_is_called_wit
     # build_optimizer is called from train.py: repo_call_problem judges it by that call instead.
     optim = files["optim.py"].replace("epochs: int):", "epochs: int, warmup):")
     assert entry_point_problem(files, {**files, "optim.py": optim}) is None
+
+
+def test_a_switched_update_rule_is_measured_at_its_own_defaults():
+    """The 1.5B model swapped SGD(lr=0.01) for AdamW(lr=0.01) in every run: two changes in one (the
+    rule, and ten times AdamW's default rate), accepted at once near the benchmark's ceiling, so no
+    later change could show. A setting carried over from another rule is dropped, and said."""
+    from autoresearch.agent.checks import check_reply, final_verdict, StaticCheckFailed
+    from autoresearch.agent.torch_calls import carried_settings
+    from autoresearch.outcomes import files_hash
+
+    files = _digits_repo()
+    sgd = files["optim.py"]
+    swap = sgd.replace("torch.optim.SGD(params, lr=0.01)", "torch.optim.AdamW(params, lr=0.01, weight_decay=1e-4)")
+    text, notes = carried_settings(sgd, swap)
+    assert "torch.optim.AdamW(params, weight_decay=1e-4)" in text  # the model's own new setting stays
+    assert len(notes) == 1 and "lr=0.001" in notes[0] and "SGD's lr=0.01" in notes[0]
+    positional = carried_settings(sgd, sgd.replace("SGD(params, lr=0.01)", "Adam(params, 0.01)"))[0]
+    assert "torch.optim.Adam(params)" in positional
+    # Left as written: a new value, a rule of the same family, a value that is the new rule's default.
+    for kept in ("torch.optim.AdamW(params, lr=3e-3)", "torch.optim.SGD(params, lr=0.01, momentum=0.9)",
+                 "torch.optim.Adagrad(params, lr=0.01)"):
+        changed = sgd.replace("torch.optim.SGD(params, lr=0.01)", kept)
+        assert carried_settings(sgd, changed) == (changed, [])
+    adam = sgd.replace("torch.optim.SGD(params, lr=0.01)", "torch.optim.Adam(params, lr=3e-3)")
+    to_adamw = adam.replace("Adam(", "AdamW(")
+    assert carried_settings(adam, to_adamw) == (to_adamw, [])
+
+    # Through the checks, in the search/replace form: the recorded edit is the whole file as changed.
+    reply = json.dumps({"title": "AdamW", "hypothesis": "h", "edits": [
+        {"path": "optim.py", "search": "torch.optim.SGD(params, lr=0.01)", "replace": "torch.optim.AdamW(params, lr=0.01)"}]})
+    proposal, new = check_reply(reply, files, list(files), [], change_hash=files_hash)
+    assert "optimizer = torch.optim.AdamW(params)\n" in new["optim.py"]
+    assert [(e.path, e.search, e.replace) for e in proposal.edits] == [("optim.py", "", new["optim.py"])]
+    assert proposal.notes and proposal.notes[0].startswith("optim.py: AdamW at its own default lr=0.001")
+    # A reply that then fails a check is recorded as it was checked, the rate dropped.
+    broken = reply.replace("AdamW(params, lr=0.01)", "AdamW(params, lr=0.01) + undefined_name")
+    with pytest.raises(StaticCheckFailed) as info:
+        check_reply(broken, files, list(files), [], change_hash=files_hash)
+    recorded = final_verdict(broken, info.value, files, list(files))
+    assert "AdamW(params) + undefined_name" in recorded.edits[0].replace and recorded.notes

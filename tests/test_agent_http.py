@@ -263,6 +263,8 @@ CRASHING_OPTIM = ('"""The optimizer."""\nimport torch\n\n\ndef build_optimizer(p
                   'epochs: int):\n    raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")\n')
 ADAM_OPTIM = ('"""The optimizer."""\nimport torch\n\n\ndef build_optimizer(params, *, steps_per_epoch: int, '
               'epochs: int):\n    return torch.optim.Adam(params, lr=1e-3), None\n')
+# SGD's rate carried into Adam: the agent writes Adam at its own default and says so in the report.
+CARRIED_OPTIM = ADAM_OPTIM.replace("lr=1e-3", "lr=0.01")
 UNDEFINED_OPTIM = ADAM_OPTIM.replace("torch.optim.Adam(params", "torch.optim.Adam(parameters")
 
 
@@ -275,7 +277,7 @@ def test_whole_file_run_repairs_a_smoke_crash_and_never_trains_a_static_failure(
     """Through HTTP and the CLI: proposal 1 crashes in its smoke run, the traceback goes back to the
     model and the repaired reply is gated; proposal 2 keeps an undefined name through its repair
     rounds and is recorded as static_check without a single trial."""
-    script = [_whole(CRASHING_OPTIM, "Adam"), _whole(ADAM_OPTIM, "Adam")] + [_whole(UNDEFINED_OPTIM, "Adam v2")] * 4
+    script = [_whole(CRASHING_OPTIM, "Adam"), _whole(CARRIED_OPTIM, "Adam")] + [_whole(UNDEFINED_OPTIM, "Adam v2")] * 4
     runs = tmp_path / "runs"
     with ScriptedServer(script) as server:
         proc = _run_cli("run", "--idea", "adaptive LR optimizer", "--benchmark", tiny_bench, "--proposals", 2,
@@ -299,6 +301,9 @@ def test_whole_file_run_repairs_a_smoke_crash_and_never_trains_a_static_failure(
     does = report1.split("**What the diff does**")[1].split("**The model's claims**")[0]
     assert "optim.py:" in does and "torch.optim.Adam" in does and "**The model's claims**" in report1
     assert "2 replies, 1 repair round(s): smoke run failed, passed (edit format whole-file" in report1
+    assert "the agent's own edits to the model's reply (in the diff): optim.py: Adam at its own default lr=0.001: " \
+        "the change kept SGD's lr=0.01" in report1
+    assert "+    return torch.optim.Adam(params), None" in report1
     report2 = (run_dir / second["report"]).read_text()
     assert ("4 replies, 3 repair round(s): static check failed, static check failed, static check failed, "
             "static check failed") in report2
