@@ -247,12 +247,50 @@ def _drop_unused_imports(tree: ast.Module) -> ast.Module:
     return tree
 
 
+def _dotted_node(dotted: str, like: ast.AST) -> ast.AST:
+    parts = dotted.split(".")
+    node: ast.AST = ast.Name(id=parts[0], ctx=ast.Load())
+    for part in parts[1:]:
+        node = ast.Attribute(value=node, attr=part, ctx=ast.Load())
+    return ast.copy_location(node, like)
+
+
+class _Qualify(ast.NodeTransformer):
+    """Spells every use of an imported name by its full path (`Adam` after `from torch.optim import
+    Adam`, `optim.Adam` after `import torch.optim as optim`: both `torch.optim.Adam`), so two files
+    that import the same thing in other ways read the same. A name the module also binds itself
+    (assigned, a parameter, a def) is left alone: it may not be the import."""
+
+    def __init__(self, tree: ast.Module):
+        bound = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
+        bound |= {n.arg for n in ast.walk(tree) if isinstance(n, ast.arg)}
+        bound |= {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef,
+                                                                     ast.ClassDef))}
+        self.paths: dict[str, str] = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.asname:  # `import torch.optim as optim`; a plain `import torch.optim` binds `torch`
+                        self.paths[a.asname] = a.name
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                for a in node.names:
+                    if a.name != "*":
+                        self.paths[a.asname or a.name] = f"{node.module}.{a.name}"
+        self.paths = {k: v for k, v in self.paths.items() if k not in bound and k != v}
+
+    def visit_Name(self, node: ast.Name):
+        if isinstance(node.ctx, ast.Load) and node.id in self.paths:
+            return _dotted_node(self.paths[node.id], node)
+        return node
+
+
 def _normalised(text: str) -> str | None:
     try:
         tree = ast.parse(text)
     except (SyntaxError, ValueError, RecursionError):
         return None
     try:
+        tree = _Qualify(tree).visit(tree)
         return ast.dump(_Normalise(_from_torch_optim(tree)).visit(_drop_unused_imports(tree)))
     except RecursionError:
         return None

@@ -279,6 +279,24 @@ def test_the_same_experiment_in_other_words_is_a_duplicate():
     assert behaviour_key({"optim.py": uses_math}) != behaviour_key({"optim.py": uses_math.replace("import math\n", "")})
 
 
+def test_a_class_imported_another_way_is_the_same_experiment():
+    """Seen with the 1.5B model: Adam at lr 0.1 proposed twice, once as `from torch.optim import Adam`
+    then `Adam(...)`, once as `torch.optim.Adam(...)`; both trained, with identical results."""
+    from autoresearch.agent.directions import behaviour_key, same_behaviour
+
+    spelled = ADAM.replace("Adam(params)", "Adam(params, lr=0.1)")
+    imported = spelled.replace("import torch\n", "import torch\nfrom torch.optim import Adam\n") \
+        .replace("torch.optim.Adam(", "Adam(")
+    aliased = spelled.replace("import torch\n", "import torch\nimport torch.optim as optim\n") \
+        .replace("torch.optim.Adam(", "optim.Adam(")
+    assert behaviour_key({"optim.py": spelled}) == behaviour_key({"optim.py": imported}) \
+        == behaviour_key({"optim.py": aliased})
+    assert same_behaviour({"optim.py": ADAM}, {"optim.py": imported.replace("lr=0.1", "lr=0.001")})
+    # A name the module binds itself is not the import's: here `Adam` is SGD.
+    shadowed = imported.replace("    optimizer = Adam(", "    Adam = torch.optim.SGD\n    optimizer = Adam(")
+    assert behaviour_key({"optim.py": shadowed}) != behaviour_key({"optim.py": spelled})
+
+
 # --------------------------------------------------------------------------- calls between the repo's files
 
 def _digits_repo() -> dict[str, str]:
