@@ -22,6 +22,7 @@ import ast
 import functools
 import hashlib
 import inspect
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -159,17 +160,67 @@ def _tried(setting: Setting, past: list[PastProposal]) -> bool:
     return any(n in line for p in past for line in p.changes for n in needles)
 
 
+# Rates are tried on a log scale: once a change has been accepted, the prompt names the neighbours
+# of the current rate (3x and 10x either way) that no proposal since has tried. The 1.5B model,
+# told only that the rate is worth changing, wrote 0.1 and 1e-8 for the newly accepted Adam (whose
+# good rates here are 3e-3 to 1e-2) and then left the rate alone as "already changed". On the
+# benchmark's own code none are named: the first step is the idea's (the prompt's "standard
+# stronger choice"), not a sweep of the baseline's rate.
+RATE_NAMES = ("lr", "max_lr", "base_lr", "learning_rate")
+RATE_STEPS = (3.0, 10.0, 1 / 3, 1 / 10)
+
+
+def _tried_values(setting: Setting, past: list[PastProposal]) -> list[float]:
+    """The values proposals since the last acceptance gave this setting ("Adam lr 1e-3 -> 3e-3",
+    "Adam lr=0.1 added"), where they are plain numbers."""
+    pattern = re.compile(rf"\b{re.escape(setting.short)} {re.escape(setting.arg)}(?:=(\S+) added| \S+ -> (\S+))")
+    found = []
+    for p in past:
+        for line in p.changes:
+            for m in pattern.finditer(line):
+                try:
+                    found.append(float(m.group(1) or m.group(2)))
+                except ValueError:
+                    pass
+    return found
+
+
+def _round(value: float) -> str:
+    return f"{float(f'{value:.1g}'):g}"
+
+
+def rate_neighbours(setting: Setting, past: list[PastProposal]) -> list[str]:
+    """A rate setting's log-scale neighbours (3x, 10x larger and smaller, one significant digit)
+    that none of the ``past`` proposals tried; [] for other settings."""
+    try:
+        value = float(setting.value)
+    except ValueError:
+        return []
+    if setting.arg not in RATE_NAMES or not value > 0:
+        return []
+    tried = _tried_values(setting, past)
+    out = []
+    for step in RATE_STEPS:
+        shown = _round(value * step)
+        if not any(abs(float(shown) - t) <= 1e-9 + 0.05 * float(shown) for t in tried):
+            out.append(shown)
+    return out
+
+
 def directions_text(files: dict[str, str], editable, history: list[PastProposal]) -> str:
     """The prompt's section on what to change next: settings not yet changed on the current code
     (first) and those already changed, then the kinds of change measured on it and not better."""
     past = since_last_acceptance(history)
     found = settings(files, editable)
-    fresh = [s for s in found if not _tried(s, past)]
-    tried = [s for s in found if _tried(s, past)]
+    neighbours = _neighbours(history)
+    # A rate stays open while some of its neighbours are untried.
+    fresh = [s for s in found if not _tried(s, past) or neighbours(s, past)]
+    tried = [s for s in found if s not in fresh]
     lines = []
     if fresh:
-        lines.append("Settings of the current code no proposal has changed yet (one of them may be your change):")
-        lines += [f"- {s.text()}" for s in fresh[:MAX_SETTINGS]]
+        lines.append("Settings of the current code no proposal has changed yet, or not to these values "
+                     "(one of them may be your change):")
+        lines += [f"- {_with_values(s, past, neighbours)}" for s in fresh[:MAX_SETTINGS]]
     if tried:
         lines.append("Settings already changed on the current code: "
                      + "; ".join(f"{s.short} {s.arg}" for s in tried[:MAX_SETTINGS]))
@@ -184,11 +235,32 @@ def directions_text(files: dict[str, str], editable, history: list[PastProposal]
 def untried_hint(files: dict[str, str], editable, history: list[PastProposal]) -> str:
     """One sentence for a repair round after a repeat: the settings not yet changed, or ''."""
     past = since_last_acceptance(history)
-    fresh = [s for s in settings(files, editable) if not _tried(s, past)]
+    neighbours = _neighbours(history)
+    fresh = [s for s in settings(files, editable) if not _tried(s, past) or neighbours(s, past)]
     if not fresh:
         return ""
-    return "Not yet tried on the current code: " + "; ".join(
-        f"changing {s.short} {s.arg} (now {s.value})" for s in fresh[:3]) + "."
+
+    def said(s: Setting) -> str:
+        values = neighbours(s, past)
+        return f"changing {s.short} {s.arg} (now {s.value})" + (f" to {' or '.join(values[:2])}" if values else "")
+
+    return "Not yet tried on the current code: " + "; ".join(said(s) for s in fresh[:3]) + "."
+
+
+def _neighbours(history: list[PastProposal]):
+    """rate_neighbours once some change was accepted in this run, else a function that names none."""
+    if any(p.decision == "accepted" for p in history):
+        return rate_neighbours
+    return lambda setting, past: []
+
+
+def _with_values(setting: Setting, past: list[PastProposal], neighbours) -> str:
+    values = neighbours(setting, past)
+    tried = _tried_values(setting, past)
+    text = setting.text()
+    if tried:
+        text += f"; already tried: {', '.join(f'{t:g}' for t in tried)}"
+    return text + (f"; untried values: {', '.join(values)}" if values else "")
 
 
 # --------------------------------------------------------------------------- behaviour-identical changes

@@ -176,8 +176,11 @@ def _imports(nodes: list[ast.AST]) -> list[tuple[str, tuple[str, ...]]]:
 # --------------------------------------------------------------------------- facts of one scope
 
 
-def _argument_facts(path: str, old: ast.Call, new: ast.Call, dotted: str, old_src: str, new_src: str) -> list[Fact]:
-    """What changed in the arguments of a call that stayed (or was replaced by another)."""
+def _argument_facts(path: str, old: ast.Call, new: ast.Call, dotted: str, old_src: str, new_src: str,
+                    replaced: str | None = None) -> list[Fact]:
+    """What changed in the arguments of a call that stayed, or replaced the call ``replaced``: an
+    argument only the replaced call had is then the new call's default, not a setting it lost
+    ("Adam lr left at its default (SGD had lr=0.01)")."""
     facts = []
     short = _short(dotted)
 
@@ -201,7 +204,12 @@ def _argument_facts(path: str, old: ast.Call, new: ast.Call, dotted: str, old_sr
     removed += [(k, v) for k, v in old_kw.items() if k not in new_kw]
     for items, src, verb in ((added, new_src, "added"), (removed, old_src, "removed")):
         for arg, value in items:
-            if not isinstance(value, (ast.Call, ast.Starred)):
+            if isinstance(value, (ast.Call, ast.Starred)):
+                continue
+            if verb == "removed" and replaced and replaced != dotted:
+                facts.append(fact(f"{short} {arg} left at its default ({_short(replaced)} had {arg}={_text(value, src)})",
+                                  arg, None))
+            else:
                 facts.append(fact(f"{short} {arg}={_text(value, src)} {verb}", arg, value if verb == "added" else None))
     return facts
 
@@ -241,7 +249,7 @@ def _call_facts(path: str, old_nodes: list[ast.AST], new_nodes: list[ast.AST], o
             replaced.append((r, match))
     for (old_name, old_call, _), (new_name, new_call, _) in replaced:
         facts.append(Fact(path, f"{old_name} -> {new_name}", names=(old_name, new_name)))
-        facts += _argument_facts(path, old_call, new_call, new_name, old_src, new_src)
+        facts += _argument_facts(path, old_call, new_call, new_name, old_src, new_src, replaced=old_name)
     for items, verb in ((added, "added"), (removed, "removed")):
         counts = Counter(name for name, _, _ in items)
         for name, n in counts.items():

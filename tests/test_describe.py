@@ -216,3 +216,13 @@ def test_any_edit_is_described_deterministically_without_raising(path, at, lines
     assert described == describe_change(dict(BASE), dict(new)) and described
     assert all(isinstance(line, str) and "\n" not in line for line in described)
     assert isinstance(title_claims_unsupported(title, title, BASE, new), list)
+
+
+def test_an_argument_only_the_replaced_call_had_is_the_new_calls_default():
+    """SGD(lr=0.01) -> Adam(): Adam never had lr=0.01; it runs at its own default."""
+    old = {"optim.py": "import torch\n\n\ndef f(p):\n    return torch.optim.SGD(p, lr=0.01)\n"}
+    swapped = {"optim.py": old["optim.py"].replace("SGD(p, lr=0.01)", "Adam(p)")}
+    assert describe_change(old, swapped) == ["optim.py: torch.optim.SGD -> torch.optim.Adam",
+                                             "optim.py: Adam lr left at its default (SGD had lr=0.01)"]
+    same_class = {"optim.py": old["optim.py"].replace("SGD(p, lr=0.01)", "SGD(p)")}
+    assert describe_change(old, same_class) == ["optim.py: SGD lr=0.01 removed"]
