@@ -25,7 +25,8 @@ from autoresearch.agent.proposal import (ApplyFailed, Edit, InvalidProposal, Not
                                          ProposalRejected, apply_proposal, normalise_path, parse_reply)
 from autoresearch.agent.directions import behaviour_key, same_behaviour, since_last_acceptance
 from autoresearch.agent.repo_calls import entry_point_problem, repo_call_problem
-from autoresearch.agent.torch_calls import carried_settings, drop_logging_keywords, torch_call_problem
+from autoresearch.agent.torch_calls import (bundled_changes, carried_settings, drop_logging_keywords,
+                                           torch_call_problem)
 from autoresearch.agent_port import PastProposal
 from autoresearch.describe import describe_change
 from autoresearch.reasons import Reason
@@ -49,8 +50,27 @@ class DuplicateProposal(ProposalRejected):
     reason = Reason.DUPLICATE
 
 
+class BundledChange(ProposalRejected):
+    """Makes several optimizer changes at once (torch_calls.bundled_changes). Asked only of a
+    proposal's first reply, and only while a repair round is left, so it is never a verdict: a
+    second reply that still bundles them goes on to the gate."""
+
+    reason = Reason.STATIC_CHECK  # never recorded (see above); the closest reason if it were
+
+
+def bundled_problem(files: dict[str, str], new_files: dict[str, str]) -> BundledChange | None:
+    parts = bundled_changes(files, new_files)
+    if not parts:
+        return None
+    return BundledChange(f"your change makes {len(parts)} changes at once ({'; '.join(parts)}). Change ONE thing, "
+                         f"so that its effect is measured on its own: keep only {parts[0]} (or only one of the "
+                         "others) and leave the rest of the file as it is now; the others can be later proposals")
+
+
 # The name of the check for each rejection (the repair message and the journal say it).
 def check_name(exc: ProposalRejected) -> str:
+    if isinstance(exc, BundledChange):
+        return "bundled"
     if isinstance(exc, StaticCheckFailed):
         return "static"
     if isinstance(exc, SmokeFailed):

@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict
 
-from autoresearch.agent.checks import (SmokeFailed, call_site_hint, check_name, check_reply, final_verdict,
-                                       prepare_reply, smoke_problem)
+from autoresearch.agent.checks import (SmokeFailed, bundled_problem, call_site_hint, check_name, check_reply,
+                                       final_verdict, prepare_reply, smoke_problem)
 from autoresearch.agent.directions import untried_hint
 from autoresearch.agent.session import LLMSession
 from autoresearch.agent.prompts import build_messages, example_proposal, prompt_hash, repair_message, start_over
@@ -191,6 +191,10 @@ def build_graph(ctx: AgentContext):
             proposal, new_files = _check(ctx, state)
         except ProposalRejected as exc:
             return failed(state, exc)
+        # Several changes in one: asked once to keep one of them (a repair round, never a verdict).
+        bundled = bundled_problem(state["files"], new_files) if state["attempt"] == 1 and settings.repair_rounds else None
+        if bundled is not None:
+            return failed(state, bundled)
         return {"proposal": proposal, "new_files": new_files, "retry": False, "parsed": None}
 
     def smoke(state: AgentState) -> AgentState:

@@ -164,13 +164,15 @@ PROBLEM = {
     "apply": "Your change could not be applied: {error}",
     "static": "Your change would not run: {error}",
     "duplicate": "{error}. Propose a different change.",
+    "bundled": "{error}.",
     "smoke": "A short test run of your change (one epoch on a slice of the training data) failed:\n{error}\n"
              "Fix the code.",
 }
 
 
 FAILED_AS = {"parse": "could not be used", "apply": "could not be applied", "static": "would not run",
-             "duplicate": "repeated what was measured or computes the same", "smoke": "failed a short test run"}
+             "duplicate": "repeated what was measured or computes the same", "smoke": "failed a short test run",
+             "bundled": "made several changes at once"}
 
 
 def start_over(messages: list[dict], failures: list[tuple[str, str]], hint: str = "") -> list[dict]:

@@ -245,7 +245,7 @@ def _agent_rounds(rounds: list[dict]) -> str:
     if not rounds:
         return ""
     said = {"ok": "passed", "parse": "unreadable", "apply": "did not apply", "static": "static check failed",
-            "duplicate": "duplicate", "smoke": "smoke run failed"}
+            "duplicate": "duplicate", "smoke": "smoke run failed", "bundled": "several changes in one"}
     checks = ", ".join(said.get(str(r.get("check")), "?") for r in rounds)
     fmt = _string(rounds[-1].get("edit_format"), 40) or "-"
     smoke_s = sum(_number(r.get("smoke_seconds")) or 0.0 for r in rounds)

@@ -364,3 +364,42 @@ def test_a_second_failed_reply_starts_over_from_the_prompt():
     assert "2 replies of yours for this proposal failed (not shown)" in note
     assert note.count("would not run: optim.py would not compile") == 2 and whole_file(broken) not in note
     assert reasons(port) == ["accepted"]
+
+
+# --------------------------------------------------------------------------- one change at a time
+
+
+def test_several_changes_in_one_reply_are_asked_once_to_be_split():
+    """Seen with the 1.5B model: Adam bundled with ExponentialLR(gamma=0.9), rejected as a whole
+    (-0.38 test accuracy) where Adam alone gains +0.30; the run never proposed Adam alone again. The
+    first reply that bundles changes gets one repair round to keep one; a second reply that still
+    bundles them goes on (never a verdict of its own)."""
+    exponential = "    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=0.9)"
+    adam = DIGITS_FILES["optim.py"].replace("torch.optim.SGD(params, lr=0.01)", "torch.optim.Adam(params)")
+    bundled = adam.replace("    scheduler = None", exponential)
+    assert bundled != adam
+    port = FakePort(proposals=1, repair_rounds=1)
+    _, llm = run(port, [whole_file(bundled, "Adam with decay"), whole_file(adam, "Adam")])
+    assert [r.check for r in port.rounds] == ["bundled", "ok"]
+    repair = llm.calls[1][-1]["content"]
+    assert "your change makes 2 changes at once (SGD -> Adam; the schedule (ExponentialLR))" in repair
+    assert llm.calls[1][-2] == {"role": "assistant", "content": whole_file(bundled, "Adam with decay")}
+    assert reasons(port) == ["accepted"] and port.files["optim.py"] == adam
+    # Bundled again on the repair: it goes to the gate as it is.
+    port = FakePort(proposals=1, repair_rounds=1)
+    run(port, [whole_file(bundled, "Adam with decay")] * 2)
+    assert [r.check for r in port.rounds] == ["bundled", "ok"] and port.files["optim.py"] == bundled
+    # Without repair rounds nothing is asked, and nothing is refused.
+    port = FakePort(proposals=1, repair_rounds=0)
+    run(port, [whole_file(bundled, "Adam with decay")])
+    assert [r.check for r in port.rounds] == ["ok"] and reasons(port) == ["accepted"]
+    # Two settings of one optimizer are two changes; one setting, or a new rule with its settings, one.
+    from autoresearch.agent.torch_calls import bundled_changes
+
+    sgd = DIGITS_FILES["optim.py"]
+    assert bundled_changes(DIGITS_FILES, {**DIGITS_FILES, "optim.py": sgd.replace(
+        "lr=0.01)", "lr=0.01, momentum=0.9, weight_decay=0.1)")}) == ["SGD momentum", "SGD weight_decay"]
+    for one in ("lr=0.01, momentum=0.9)", "lr=0.01)".replace("0.01", "0.1")):
+        assert bundled_changes(DIGITS_FILES, {**DIGITS_FILES, "optim.py": sgd.replace("lr=0.01)", one)}) == []
+    assert bundled_changes(DIGITS_FILES, {**DIGITS_FILES, "optim.py": sgd.replace(
+        "SGD(params, lr=0.01)", "AdamW(params, lr=3e-3, weight_decay=1e-4)")}) == []
