@@ -171,8 +171,8 @@ RATE_STEPS = (3.0, 10.0, 1 / 3, 1 / 10)
 
 
 def _tried_values(setting: Setting, past: list[PastProposal]) -> list[float]:
-    """The values proposals since the last acceptance gave this setting ("Adam lr 1e-3 -> 3e-3",
-    "Adam lr=0.1 added"), where they are plain numbers."""
+    """The values the ``past`` proposals gave this setting ("Adam lr 1e-3 -> 3e-3", "Adam lr=0.1
+    added"), where they are plain numbers."""
     pattern = re.compile(rf"\b{re.escape(setting.short)} {re.escape(setting.arg)}(?:=(\S+) added| \S+ -> (\S+))")
     found = []
     for p in past:

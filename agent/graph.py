@@ -192,7 +192,8 @@ def build_graph(ctx: AgentContext):
         except ProposalRejected as exc:
             return failed(state, exc)
         # Several changes in one: asked once to keep one of them (a repair round, never a verdict).
-        bundled = bundled_problem(state["files"], new_files) if state["attempt"] == 1 and settings.repair_rounds else None
+        first_with_rounds_left = state["attempt"] == 1 and settings.repair_rounds > 0
+        bundled = bundled_problem(state["files"], new_files) if first_with_rounds_left else None
         if bundled is not None:
             return failed(state, bundled)
         return {"proposal": proposal, "new_files": new_files, "retry": False, "parsed": None}

@@ -17,7 +17,7 @@ from __future__ import annotations
 import ast
 import inspect
 
-from autoresearch.agent.directions import _defaults, _from_torch_optim, torch_optim_class
+from autoresearch.agent.directions import _defaults, _from_torch_optim, _number, torch_optim_class
 from autoresearch.agent.prompts import _one_line
 from autoresearch.describe import _dotted
 
@@ -186,19 +186,11 @@ def _optimizer_calls(tree: ast.Module):
                 yield call, cls
 
 
-def _numeric(node: ast.AST):
-    try:
-        value = ast.literal_eval(node)
-    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        return None
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
 def _written_settings(call: ast.Call) -> dict[str, tuple[ast.AST, float]]:
     """A call's numeric settings as written: keyword -> (node, value); a second positional is `lr`."""
-    found = {kw.arg: (kw, _numeric(kw.value)) for kw in call.keywords if kw.arg}
+    found = {kw.arg: (kw, _number(kw.value)) for kw in call.keywords if kw.arg}
     if len(call.args) == 2:  # (params, lr): the only positional setting judged here
-        found.setdefault("lr", (call.args[1], _numeric(call.args[1])))
+        found.setdefault("lr", (call.args[1], _number(call.args[1])))
     return {k: v for k, v in found.items() if v[1] is not None}
 
 
@@ -233,7 +225,7 @@ def carried_settings(old: str, new: str) -> tuple[str, list[str]]:
                 continue
             for name, (_, value) in _written_settings(old_call).items():
                 if name not in written or written[name][1] != value or name not in defaults \
-                        or _numeric(ast.Constant(defaults[name])) is None or defaults[name] == value:
+                        or _number(ast.Constant(defaults[name])) is None or defaults[name] == value:
                     continue
                 node = written.pop(name)[0]
                 cut.append((call, node))
