@@ -79,12 +79,7 @@ def torch_call_problem(old: dict[str, str], new: dict[str, str]) -> str | None:
             tree = ast.parse(text)
         except (SyntaxError, ValueError, RecursionError):
             continue  # static_problem says why
-        imported = _from_torch_optim(tree)
-        calls = sorted((n for n in ast.walk(tree) if isinstance(n, ast.Call)), key=lambda n: (n.lineno, n.col_offset))
-        for call in calls:
-            cls = torch_optim_class(_dotted(call.func), imported)
-            if cls is None:
-                continue
+        for call, cls in _torch_calls(tree):
             where = f"{path} line {call.lineno}, `{_one_line(ast.get_source_segment(text, call) or cls.__name__, 120)}`"
             problem = binding_problem(_signature(cls), call)
             if problem:
@@ -174,16 +169,19 @@ ADAPTIVE = frozenset({"Adam", "AdamW", "NAdam", "RAdam", "Adamax", "Adagrad", "A
                       "Adafactor"})
 
 
-def _optimizer_calls(tree: ast.Module):
-    """(call, class) for each call of a torch.optim optimizer class in ``tree``."""
+def _torch_calls(tree: ast.Module) -> list[tuple[ast.Call, type]]:
+    """(call, class) for each call of a torch.optim or lr_scheduler class in ``tree``, in source order."""
+    imported = _from_torch_optim(tree)
+    calls = sorted((n for n in ast.walk(tree) if isinstance(n, ast.Call)), key=lambda n: (n.lineno, n.col_offset))
+    return [(call, cls) for call in calls if (cls := torch_optim_class(_dotted(call.func), imported)) is not None]
+
+
+def _optimizer_calls(tree: ast.Module) -> list[tuple[ast.Call, type]]:
+    """(call, class) for each call of a torch.optim optimizer class in ``tree``, in source order."""
     import torch.optim
 
-    imported = _from_torch_optim(tree)
-    for call in ast.walk(tree):
-        if isinstance(call, ast.Call):
-            cls = torch_optim_class(_dotted(call.func), imported)
-            if isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer):
-                yield call, cls
+    return [(call, cls) for call, cls in _torch_calls(tree)
+            if isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)]
 
 
 def _written_settings(call: ast.Call) -> dict[str, tuple[ast.AST, float]]:
@@ -236,14 +234,9 @@ def carried_settings(old: str, new: str) -> tuple[str, list[str]]:
 
 
 # ----------------------------------------------------------------- one change at a time
-def _schedule_calls(tree: ast.Module):
-    """(call, class) for each call of a torch.optim.lr_scheduler class in ``tree``."""
-    imported = _from_torch_optim(tree)
-    for call in ast.walk(tree):
-        if isinstance(call, ast.Call):
-            cls = torch_optim_class(_dotted(call.func), imported)
-            if cls is not None and cls.__module__.startswith("torch.optim.lr_scheduler"):
-                yield call, cls
+def _schedule_calls(tree: ast.Module) -> list[tuple[ast.Call, type]]:
+    """(call, class) for each call of a torch.optim.lr_scheduler class in ``tree``, in source order."""
+    return [(call, cls) for call, cls in _torch_calls(tree) if cls.__module__.startswith("torch.optim.lr_scheduler")]
 
 
 def bundled_changes(old: dict[str, str], new: dict[str, str]) -> list[str]:
