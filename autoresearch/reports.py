@@ -239,9 +239,14 @@ def _what_it_does(record: "ProposalRecord", files: tuple[Files, Files] | None) -
         return [f"(not described: {type(exc).__name__})"], []
 
 
+def _journal_lines(rounds: object) -> list[dict]:
+    """The journal's well-formed lines (it is read back from disk: anything else is skipped)."""
+    return [r for r in rounds if isinstance(r, dict)] if isinstance(rounds, list) else []
+
+
 def _agent_rounds(rounds: list[dict]) -> str:
     """'3 replies: static check failed, smoke run failed, ok (whole-file)' from the agent's journal."""
-    rounds = [r for r in rounds if isinstance(r, dict)] if isinstance(rounds, list) else []
+    rounds = _journal_lines(rounds)
     if not rounds:
         return ""
     said = {"ok": "passed", "parse": "unreadable", "apply": "did not apply", "static": "static check failed",
@@ -256,7 +261,7 @@ def _agent_rounds(rounds: list[dict]) -> str:
 def _agent_edits(rounds: list[dict]) -> str:
     """What the agent changed in the proposal's last reply before any check (an import added, a
     setting carried over from another update rule dropped), from the journal; '' where nothing."""
-    rounds = [r for r in rounds if isinstance(r, dict)] if isinstance(rounds, list) else []
+    rounds = _journal_lines(rounds)
     notes = rounds[-1].get("notes") if rounds else None
     if not isinstance(notes, list):
         return ""
