@@ -31,6 +31,16 @@ GUARDED_SUBMODULES = {"torch.random", "torch.cuda", "torch.Tensor", "torch.Gener
 FORBIDDEN_IMPORTS = {"__main__", "ctypes", "socket", "ptrace", "multiprocessing.shared_memory", "_thread"}
 # Direct calls that rewrite a module's attributes or reach around the import system.
 FORBIDDEN_CALLS = {"setattr", "delattr"}
+# Where the harness's compute count lives (runtime.ComputeMeter): torch's global module and optimizer
+# hooks, the autograd engine it wraps, and the function-mode stack that holds its function-level count.
+# Naming them is only useful to switch the count off.
+METER_INTERNALS = {"_global_forward_pre_hooks", "_global_forward_hooks", "_global_forward_hooks_always_called",
+                   "_global_backward_hooks", "_global_backward_pre_hooks", "_global_optimizer_pre_hooks",
+                   "_global_optimizer_post_hooks", "_execution_engine", "DisableTorchFunction",
+                   "_pop_torch_function_stack", "_push_on_torch_function_stack", "_set_torch_function_state",
+                   "_set_skip_next_torch_function", "_skip_one_hop_torch_function", "_pop_mode",
+                   "_pop_mode_temporarily", "_disable_current_modes", "_get_current_function_mode_stack",
+                   "_meter_root"}
 
 
 class Tampered(ProposalRejected):
@@ -93,6 +103,13 @@ def findings(path: str, source: str) -> list[str]:
                 found.append(f"{where}: imports {node.args[0].value}")
         elif isinstance(node, ast.Attribute) and _dotted(node) in ("sys.modules", "__builtins__.__dict__"):
             found.append(f"{where}: reaches into {_dotted(node)}, where the harness's own modules live")
+        elif (isinstance(node, ast.Attribute) and node.attr in METER_INTERNALS) or \
+                (isinstance(node, ast.Name) and node.id in METER_INTERNALS) or \
+                (isinstance(node, ast.alias) and node.name.split(".")[-1] in METER_INTERNALS) or \
+                (isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in METER_INTERNALS):
+            name = node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else \
+                node.name if isinstance(node, ast.alias) else node.value
+            found.append(f"{where}: names {name}, part of the harness's compute count")
         elif isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
             targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
             for t in targets:

@@ -216,8 +216,12 @@ def _child_failure(rec: Record, res: SandboxResult, phase: str, seconds: float) 
         return None
     if phase == "train" and rec.exit == EXIT_NONFINITE:
         return TrialStatus.NONFINITE, "training produced a non-finite loss or weights"
-    if phase == "train" and rec.exit == EXIT_TAMPERED:
-        return TrialStatus.TAMPERED, "the candidate reseeded the global torch generator the harness seeded"
+    if rec.exit == EXIT_TAMPERED:  # the harness's own verdict (both phases); its log line says which rule
+        if "harness's compute count off" in log:
+            return TrialStatus.TAMPERED, (f"{phase}: candidate code took the harness's compute count off torch's "
+                                          "function-mode stack")
+        if phase == "train":
+            return TrialStatus.TAMPERED, "the candidate reseeded the global torch generator the harness seeded"
     if phase == "predict" and "harness: the predict phase runs inference only" in log:
         return TrialStatus.OVER_BUDGET, ("tried to train in the predict phase (gradients, backward passes and "
                                          "optimizer steps are off there: it has no training budget)")

@@ -601,6 +601,44 @@ CASES: list[Case] = [
                                         "replace": "        nn.Linear(64, num_classes),\n    )\n"
                                                    "    net.register_buffer('ballast', __import__('torch').zeros(5_300_000))\n"
                                                    "    return net"}), ("over_budget",), "checkpoint"),
+    # The same longer loop spelt around the model's module calls: torch functions on its weights.
+    Case("functional-forward-x3", train_edit("extra epochs through F.linear on the model's own weights",
+                                             "    return {\"final_loss\": float(loss.item())}",
+                                             "    import torch.nn.functional as F\n"
+                                             "    lin = [m for m in model.modules() if isinstance(m, nn.Linear)]\n"
+                                             "    def forward(v):\n"
+                                             "        v = v.reshape(v.shape[0], -1)\n"
+                                             "        for i, m in enumerate(lin):\n"
+                                             "            v = F.linear(v, m.weight, m.bias)\n"
+                                             "            v = F.relu(v) if i < len(lin) - 1 else v\n"
+                                             "        return v\n"
+                                             "    for _ in range(2 * epochs):\n"
+                                             "        for start in range(0, n, batch_size):\n"
+                                             "            loss = loss_fn(forward(x[start:start + batch_size]), "
+                                             "y[start:start + batch_size])\n"
+                                             "            optimizer.zero_grad(); loss.backward(); optimizer.step()\n"
+                                             "    return {\"final_loss\": float(loss.item())}"), ("over_budget",),
+         "over the budget"),
+    Case("detached-copies-matmul", train_edit("train detached copies of the weights with x @ W.t(), copy them back",
+                                              "    return {\"final_loss\": float(loss.item())}",
+                                              "    ws = [p.detach().clone().requires_grad_() for p in model.parameters()]\n"
+                                              "    opt2 = torch.optim.SGD(ws, lr=0.01)\n"
+                                              "    for _ in range(2 * epochs):\n"
+                                              "        for start in range(0, n, batch_size):\n"
+                                              "            v = x[start:start + batch_size].reshape(-1, ws[0].shape[1])\n"
+                                              "            out = torch.relu(v @ ws[0].t() + ws[1]) @ ws[2].t() + ws[3]\n"
+                                              "            l2 = loss_fn(out, y[start:start + batch_size])\n"
+                                              "            opt2.zero_grad(); l2.backward(); opt2.step()\n"
+                                              "    with torch.no_grad():\n"
+                                              "        for p, w in zip(model.parameters(), ws):\n"
+                                              "            p.copy_(w)\n"
+                                              "    return {\"final_loss\": float(loss.item())}"), ("over_budget",),
+         "over the budget"),
+    Case("compute-count-popped", train_attack("take the function-level count off torch's mode stack, then train more",
+                                              """
+        t = __import__("tor" + "ch")
+        getattr(t._C, "_pop_torch_" + "function_stack")()
+        """), ("tampered",), "compute count"),
     # ------------------------------------------------------------ integrity: predict is inference
     Case("train-in-predict", predict_attack("keep training in the predict phase", """
         import torch

@@ -452,11 +452,37 @@ def install_seed_mixing(key: str) -> None:
     random.Random = Random
 
 
+# Torch functions through which a tensor of weights meets a batch of inputs of as many dimensions
+# (broadcasting alone cannot tell the batch apart there): linear maps, convolutions, look-ups.
+LAYER_FUNCTIONS = frozenset({
+    "linear", "bilinear", "matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "addmm", "addbmm", "baddbmm",
+    "addmv", "mv", "einsum", "tensordot", "inner", "chain_matmul", "multi_dot", "conv1d", "conv2d", "conv3d",
+    "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "convolution", "embedding", "embedding_bag",
+})
+# Functions where weights written first multiply inputs laid out [features, batch] (W @ x.T).
+LEFT_MULTIPLY = frozenset({"matmul", "__matmul__", "mm", "mv", "addmm"})
+
+
 class ComputeMeter:
     """Counts what passes through models: examples in top-level forward passes through modules
     that hold parameters (a loss module or a parameterless wrapper is transparent; nested calls
     are part of the outer pass), split by whether gradients were on; backward passes; optimizer
-    steps. ``on_first_training_forward`` runs once, at the first forward with gradients on."""
+    steps. ``on_first_training_forward`` runs once, at the first forward with gradients on.
+
+    Training does not need a module call: ``F.linear(x, model[0].weight)`` in a loop of its own
+    trains the same weights past every module hook. So the same examples are also counted where
+    any spelling must pass, at the torch function level (a TorchFunctionMode): every call in
+    which weights (a parameter, a leaf that requires gradients, or a tensor computed from one
+    alone: ``W.t()``, ``W.detach()``, ``W[:, :k]``, ``p.data``) meet a batch of inputs (a layer
+    function as above, or a batch broadcast over the weights) adds the batch's rows to those
+    weights' count. A model call counts its batch, or the rows its busiest weights saw during the
+    call where that is more (a forward that also runs a stored batch of its own); calls outside
+    any model call add their busiest weights' rows on top. For code that calls its model the two
+    agree (each weight sees each batch once per pass). A weight used twice in one pass (a
+    hand-written recurrence, tied input and output weights) counts twice: the budget reads it as
+    more compute, which it is.
+    What stays out of reach of any in-process count: weights copied out of torch (``.numpy()``)
+    and trained by hand. The phase's wall-clock limit bounds that; SECURITY.md says so."""
 
     def __init__(self, on_first_training_forward=None):
         self.train_examples = 0
@@ -467,6 +493,12 @@ class ComputeMeter:
         self.forbid_gradients = False
         self._depth = 0
         self._first = on_first_training_forward
+        # Rows the function-level count saw, per weights' key, (gradients off, gradients on): outside
+        # any model call over the whole phase, and inside the model call now running.
+        self._outside_rows = ({}, {})
+        self._pass_rows = ({}, {})
+        self._pass = (0, False)  # the running model call: its batch and whether gradients were on
+        self._mode = None
 
     def install(self) -> None:
         import torch
@@ -499,15 +531,16 @@ class ComputeMeter:
                     if meter._first is not None:
                         first, meter._first = meter._first, None
                         first()
-                    meter.train_examples += n
-                else:
-                    meter.other_examples += n
+                meter._pass = (n, torch.is_grad_enabled())
+                meter._pass_rows = ({}, {})
             meter._depth += 1
             return None
 
         def post(mod, args, kwargs, output):
             if holds_parameters(mod):
                 meter._depth = max(0, meter._depth - 1)
+                if meter._depth == 0:
+                    meter._end_pass()
             return None
 
         _module.register_module_forward_pre_hook(lambda m, a: pre(m, a, None))
@@ -527,6 +560,30 @@ class ComputeMeter:
                 return getattr(engine, name)
 
         _variable.Variable._execution_engine = CountingEngine()
+        self._mode = _op_meter_mode(self)
+        self._mode.__enter__()
+
+    def stop(self) -> bool:
+        """Stop counting (the harness's own code follows). False when candidate code took the
+        function-level count off torch's mode stack: its counts cannot be trusted then."""
+        import torch
+
+        mode, self._mode = self._mode, None
+        if mode is None:
+            return True
+        mode.counting = False
+        return any(torch._C._get_function_stack_at(i) is mode for i in range(torch._C._len_torch_function_stack()))
+
+    def _count_rows(self, key, rows: int, grad: bool) -> None:
+        table = (self._pass_rows if self._depth > 0 else self._outside_rows)[grad]
+        table[key] = table.get(key, 0) + rows
+
+    def _end_pass(self) -> None:
+        """A model call ended: it counts its batch, or more where its weights saw more rows."""
+        n, grad = self._pass
+        self.train_examples += max(n if grad else 0, max(self._pass_rows[True].values(), default=0))
+        self.other_examples += max(0 if grad else n, max(self._pass_rows[False].values(), default=0))
+        self._pass_rows = ({}, {})
 
     def _step(self) -> None:
         if self.forbid_gradients:
@@ -534,9 +591,88 @@ class ComputeMeter:
         self.optimizer_steps += 1
 
     def as_dict(self) -> dict:
-        return {"train_examples": self.train_examples, "other_examples": self.other_examples,
+        outside_off = max(self._outside_rows[False].values(), default=0)
+        outside_on = max(self._outside_rows[True].values(), default=0)
+        return {"train_examples": self.train_examples + outside_on,
+                "other_examples": self.other_examples + outside_off,
                 "forward_passes": self.forward_passes, "backward_passes": self.backward_passes,
                 "optimizer_steps": self.optimizer_steps}
+
+
+def _op_meter_mode(meter: ComputeMeter):
+    """The TorchFunctionMode behind ComputeMeter's function-level count (see its docstring)."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    parameter = torch.nn.Parameter
+    tensor_type = torch.Tensor
+
+    def weights_key(t):
+        """The count key of a tensor of weights, or None for anything else. A weight is known by
+        its origin (the parameter it came from), where it starts in its storage and its size, so
+        that W, W.t() and W.detach() share one count and the slices of one weight do not."""
+        root = t.__dict__.get("_meter_root") if type(t) is tensor_type else None
+        if root is None:
+            if not (isinstance(t, parameter) or (t.requires_grad and t.is_leaf)):
+                return None
+            root = id(t)
+        return root, t.storage_offset() if t.layout == torch.strided else 0, t.numel()
+
+    def tensors_of(args, kwargs):
+        for value in list(args) + list(kwargs.values()):
+            if isinstance(value, tensor_type):
+                yield value
+            elif isinstance(value, (list, tuple)):
+                for item in value:
+                    if isinstance(item, tensor_type):
+                        yield item
+
+    def mark(out, root):
+        if isinstance(out, (list, tuple)):
+            for item in out:
+                mark(item, root)
+        elif type(out) is tensor_type and "_meter_root" not in out.__dict__ and not (out.requires_grad and out.is_leaf):
+            out.__dict__["_meter_root"] = root
+
+    class OpMeter(TorchFunctionMode):
+        counting = True
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            if not self.counting:
+                return out
+            try:
+                see(getattr(func, "__name__", ""), args, kwargs, out)
+            except Exception:  # counting must never break the code it counts
+                pass
+            return out
+
+    def see(name, args, kwargs, out):
+        weights, data, data_first = [], None, False
+        for t in tensors_of(args, kwargs):
+            key = weights_key(t)
+            if key is not None:
+                weights.append((key, t))
+            elif data is None and t.dim() >= 1:
+                data, data_first = t, not weights
+        if not weights:
+            return
+        if data is None:  # computed from weights alone: still weights (W.t(), W * mask, p.grad)
+            mark(out, weights[0][0][0])
+            return
+        if name in LAYER_FUNCTIONS:
+            left = name in LEFT_MULTIPLY and not data_first and data.dim() == 2
+            rows = int(data.shape[1] if left else data.shape[0])
+        elif any(data.dim() > t.dim() for _key, t in weights):  # a batch broadcast over the weights
+            rows = int(data.shape[0])
+        else:
+            return
+        grad = torch.is_grad_enabled()
+        for key in {key for key, _t in weights}:
+            meter._count_rows(key, rows, grad)
+
+    return OpMeter()
 
 
 def sketch_positions(key: str, name: str, size: int, coords: int) -> list[int]:
