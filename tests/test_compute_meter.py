@@ -142,6 +142,17 @@ def _(net):
         for _ in range(3):
             net(x)
 
+@case("F.linear in a thread of its own")
+def _(net):
+    import threading
+    def more():
+        for _ in range(3):
+            F.cross_entropy(F.linear(F.relu(F.linear(x, net[0].weight, net[0].bias)), net[2].weight, net[2].bias),
+                            y).backward()
+    t = threading.Thread(target=more)
+    t.start()
+    t.join()
+
 @case("the function mode popped")
 def _(net):
     getattr(torch._C, "_pop_torch_" + "function_stack")()
@@ -168,6 +179,7 @@ def counts() -> dict:
     "detached copies trained, copied back",
     "torch.func.grad over functional_call",
     "attention heads as slices of one weight",
+    "F.linear in a thread of its own",
 ])
 def test_three_passes_of_100_count_300_however_spelt(counts, name):
     got = counts[name]

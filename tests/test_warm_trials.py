@@ -107,12 +107,15 @@ def _probe():
             open(place, "w").write("x")
         except OSError:
             pass
-    if _os.fork() == 0:  # a daemon, detached from the child's session
-        _os.setsid()
+    try:  # a daemon, detached from the child's session (the one-process rule refuses it first)
         if _os.fork() == 0:
-            import time as _time
-            _time.sleep(424242)
-        _os._exit(0)
+            _os.setsid()
+            if _os.fork() == 0:
+                import time as _time
+                _time.sleep(424242)
+            _os._exit(0)
+    except OSError:
+        pass
 _probe()
 '''
 
@@ -184,6 +187,42 @@ def test_children_may_use_several_threads(digits, tmp_path):
     req = _request(bench, data, ws, tmp_path / "w", (5, 6), train_seconds=20)
     outs = run_trials(dataclasses.replace(req, config=req.config | {"threads": 2}))
     assert [o.status for o in outs] == [TrialStatus.OK, TrialStatus.OK], [(o.status, o.detail) for o in outs]
+
+
+ONE_PROCESS_PROBE = '''
+import os as _os, posix as _posix, subprocess as _sp, sys as _sys, threading as _th
+def _starts():
+    tried = {}
+    for name, start in (("os.fork", _os.fork), ("posix.fork", _posix.fork),
+                        ("subprocess", lambda: _sp.Popen([_sys.executable, "-c", "pass"]).wait())):
+        try:
+            if start() == 0:
+                _os._exit(0)
+            tried[name] = "started"
+        except OSError as exc:
+            tried[name] = "refused" + (" (one process)" if "one process" in str(exc) else "")
+    box = []
+    t = _th.Thread(target=lambda: box.append(1))
+    t.start()
+    t.join()
+    tried["thread"] = "ran" if box else "did not run"
+    print("STARTS", sorted(tried.items()), flush=True)
+_starts()
+'''
+
+
+@pytest.mark.parametrize("isolation", ["bubblewrap", "none"])
+def test_a_seed_is_one_process(digits, tmp_path, isolation):
+    """Fork, the raw fork call and a subprocess are refused in a seed's child (a seccomp rule the
+    harness installs before candidate code loads), with or without the sandbox; threads run. So
+    no work of a seed happens outside the process its counts and CPU seconds come from."""
+    bench, data = digits
+    ws = _workspace(bench, tmp_path, ONE_PROCESS_PROBE)
+    outs = run_trials(_request(bench, data, ws, tmp_path / "w", (7,), isolation=isolation))
+    assert outs[0].status == TrialStatus.OK, outs[0].detail + outs[0].log_tail
+    line = next(x for x in outs[0].log_tail.splitlines() if x.startswith("STARTS"))
+    assert line == ("STARTS [('os.fork', 'refused (one process)'), ('posix.fork', 'refused'), "
+                    "('subprocess', 'refused'), ('thread', 'ran')]"), line
 
 
 # ---------------------------------------------------------------------------- sandboxes started ahead

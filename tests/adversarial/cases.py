@@ -430,7 +430,11 @@ CASES: list[Case] = [
         # The sandbox shows no /bin/sleep: the sleeper is the interpreter itself, so that it surely
         # starts (an exec that fails would leave nothing to check, and its traceback would race
         # this process's last line in the log).
-        if os.fork() == 0:
+        try:
+            first = os.fork()
+        except OSError as exc:  # a seed is one process (the harness's seccomp rule)
+            raise SystemExit("BLOCKED: no process of its own: %s" % exc)
+        if first == 0:
             os.setsid()
             if os.fork() == 0:
                 try:
@@ -450,7 +454,7 @@ CASES: list[Case] = [
         while not running() and time.monotonic() < deadline:
             time.sleep(0.05)
         raise SystemExit("DETACHED: left a sleeper behind, running: %s" % running())
-        """), ("crash",), "DETACHED: left a sleeper behind, running: True", ("sleeper",)),
+        """), ("crash",), "BLOCKED: no process of its own", ("sleeper",)),
     Case("kill-parent", train_attack("kill the parent and pid 1", """
         import os, signal
         for pid in {os.getppid(), 1}:
@@ -634,6 +638,49 @@ CASES: list[Case] = [
                                               "            p.copy_(w)\n"
                                               "    return {\"final_loss\": float(loss.item())}"), ("over_budget",),
          "over the budget"),
+    Case("thread-trains-more", train_edit("extra epochs through F.linear in a thread of its own",
+                                          "    return {\"final_loss\": float(loss.item())}",
+                                          "    import threading\n"
+                                          "    lin = [m for m in model.modules() if isinstance(m, nn.Linear)]\n"
+                                          "    def more():\n"
+                                          "        for _ in range(2 * epochs):\n"
+                                          "            for start in range(0, n, batch_size):\n"
+                                          "                v = x[start:start + batch_size].reshape(-1, lin[0].in_features)\n"
+                                          "                v = torch.relu(torch.nn.functional.linear(v, lin[0].weight, lin[0].bias))\n"
+                                          "                out = torch.nn.functional.linear(v, lin[1].weight, lin[1].bias)\n"
+                                          "                l2 = loss_fn(out, y[start:start + batch_size])\n"
+                                          "                optimizer.zero_grad(); l2.backward(); optimizer.step()\n"
+                                          "    t = threading.Thread(target=more)\n    t.start()\n    t.join()\n"
+                                          "    return {\"final_loss\": float(loss.item())}"), ("over_budget",),
+         "over the budget"),
+    Case("process-trains-more", train_edit("extra epochs in a forked process, weights loaded back",
+                                           "    return {\"final_loss\": float(loss.item())}",
+                                           "    import os, tempfile\n"
+                                           "    path = os.path.join(tempfile.gettempdir(), 'w.pt')\n"
+                                           "    pid = os.fork()\n"
+                                           "    if pid == 0:\n"
+                                           "        for _ in range(2 * epochs):\n"
+                                           "            for start in range(0, n, batch_size):\n"
+                                           "                loss = loss_fn(model(x[start:start + batch_size]), "
+                                           "y[start:start + batch_size])\n"
+                                           "                optimizer.zero_grad(); loss.backward(); optimizer.step()\n"
+                                           "        torch.save(model.state_dict(), path)\n"
+                                           "        os._exit(0)\n"
+                                           "    os.waitpid(pid, 0)\n"
+                                           "    model.load_state_dict(torch.load(path))\n"
+                                           "    return {\"final_loss\": float(loss.item())}"), ("crash",),
+         "a seed runs in one process"),
+    Case("process-trains-more-raw", train_attack("a process through the raw fork call and a subprocess", """
+        import posix, subprocess, sys
+        for start in (posix.fork, lambda: subprocess.Popen([sys.executable, "-c", "pass"])):
+            try:
+                if start() == 0:
+                    posix._exit(0)
+                raise SystemExit("ESCAPED: started a process")
+            except OSError:
+                pass
+        raise SystemExit("BLOCKED: no process could start")
+        """), ("crash",), "BLOCKED"),
     Case("compute-count-popped", train_attack("take the function-level count off torch's mode stack, then train more",
                                               """
         t = __import__("tor" + "ch")

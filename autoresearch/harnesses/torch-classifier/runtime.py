@@ -12,8 +12,10 @@
 # candidate can reach mixes in the trial's secret key (a private constant seed still varies per
 # trial); the seed itself is never handed over (the generator given to `fit` is seeded with a
 # derived value); top-level forward passes through modules with parameters, backward passes and
-# optimizer steps are counted for the trusted side to hold against the budget. These in-process
-# measures are tripwires for code in the same process; SECURITY.md says what stays open.
+# optimizer steps are counted for the trusted side to hold against the budget. A seed is one
+# process: the child may start threads, never processes (a seccomp filter it cannot lift), so no
+# work of a seed happens where its counts and the runner's CPU accounting cannot see it. These
+# in-process measures are tripwires for code in the same process; SECURITY.md says what stays open.
 import hashlib
 import json
 import os
@@ -133,6 +135,70 @@ def _kill_others() -> None:
                 break
 
 
+# One seed, one process: in a child, clone without CLONE_THREAD (fork, vfork, posix_spawn) fails
+# with EPERM and clone3 with ENOSYS (its flags are out of a filter's reach; libc falls back to
+# clone). Numbers: arch/x86/entry/syscalls/syscall_64.tbl, include/uapi/asm-generic/unistd.h.
+_PROCESS_CALLS = {  # arch: (AUDIT_ARCH, clone, clone3, calls that only make processes)
+    "x86_64": (0xC000003E, 56, 435, (57, 58)),  # fork, vfork
+    "aarch64": (0xC00000B7, 220, 435, ()),
+}
+_CLONE_THREAD = 0x00010000
+ONE_PROCESS_MESSAGE = ("harness: a seed runs in one process: fork and subprocesses are off (threads are fine), "
+                       "so that all of its work is counted")
+
+
+def one_process_filter(arch: str) -> bytes:
+    """The classic BPF program (struct sock_filter array) of the one-process rule for ``arch``.
+    A call of another ABI (x32, i386) fails with EPERM."""
+    import errno
+    import struct
+
+    audit, clone, clone3, forks = _PROCESS_CALLS[arch]
+    ld, jeq, jge, jset, ret = 0x20, 0x15, 0x35, 0x45, 0x06
+    allow, eperm, enosys = 0x7FFF0000, 0x00050000 | errno.EPERM, 0x00050000 | errno.ENOSYS
+    prog = [(ld, 0, 0, 4), (jeq, 1, 0, audit), (ret, 0, 0, eperm),  # seccomp_data.arch
+            (ld, 0, 0, 0), (jge, 0, 1, 0x40000000), (ret, 0, 0, eperm)]  # seccomp_data.nr; x32 bit
+    for nr in forks:
+        prog += [(jeq, 0, 1, nr), (ret, 0, 0, eperm)]
+    prog += [(jeq, 0, 1, clone3), (ret, 0, 0, enosys),
+             (jeq, 1, 0, clone), (ret, 0, 0, allow),
+             (ld, 0, 0, 16), (jset, 0, 1, _CLONE_THREAD), (ret, 0, 0, allow), (ret, 0, 0, eperm)]  # args[0] low
+    return b"".join(struct.pack("=HBBI", *insn) for insn in prog)
+
+
+def deny_new_processes() -> bool:
+    """Install the one-process rule in this process (irrevocable, inherited by its threads).
+    False on an architecture without a table here (as the sandbox's own filter); raises when the
+    kernel refuses it, so that a seed never runs without it where it should have it."""
+    import ctypes
+    import platform
+
+    arch = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(), platform.machine().lower())
+    if arch not in _PROCESS_CALLS:
+        return False
+    code = one_process_filter(arch)
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    buf = ctypes.create_string_buffer(code, len(code))
+    prog = SockFprog(len(code) // 8, ctypes.cast(buf, ctypes.c_void_p))
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_no_new_privs, pr_set_seccomp, seccomp_mode_filter = 38, 22, 2
+    if libc.prctl(pr_set_no_new_privs, 1, 0, 0, 0) != 0 or \
+            libc.prctl(pr_set_seccomp, seccomp_mode_filter, ctypes.byref(prog), 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"harness: cannot install the one-process rule: {os.strerror(err)}")
+
+    def fork(*_args, **_kwargs):
+        raise PermissionError(1, ONE_PROCESS_MESSAGE)
+
+    os.fork = fork  # the kernel refuses anyway; this says why
+    if hasattr(os, "forkpty"):
+        os.forkpty = fork
+    return True
+
+
 class Runner:
     """Forks one child per trial, enforces its wall-clock limit, ships what it wrote, cleans up."""
 
@@ -187,6 +253,7 @@ class Runner:
                 sys.stderr = open(2, "w", buffering=1, closefd=False)
                 os.environ["TMPDIR"] = os.path.join(work, "tmp")
                 os.makedirs(os.environ["TMPDIR"])
+                deny_new_processes()
                 code = int(body(work, *args) or 0)
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 1
@@ -562,6 +629,7 @@ class ComputeMeter:
         _variable.Variable._execution_engine = CountingEngine()
         self._mode = _op_meter_mode(self)
         self._mode.__enter__()
+        _count_in_new_threads(self._mode)
 
     def stop(self) -> bool:
         """Stop counting (the harness's own code follows). False when candidate code took the
@@ -597,6 +665,29 @@ class ComputeMeter:
                 "other_examples": self.other_examples + outside_off,
                 "forward_passes": self.forward_passes, "backward_passes": self.backward_passes,
                 "optimizer_steps": self.optimizer_steps}
+
+
+def _count_in_new_threads(mode) -> None:
+    """torch's function-mode stack is per thread: a thread started from here on (threading, a
+    thread pool, _thread itself) runs its target under ``mode`` too."""
+    import _thread
+    import threading
+
+    def wrap(start):
+        def start_under_meter(function, *args, **kwargs):
+            def run(*a, **k):
+                if mode.counting:
+                    mode.__enter__()
+                return function(*a, **k)
+
+            return start(run, *args, **kwargs)
+
+        return start_under_meter
+
+    for owner, name in ((_thread, "start_new_thread"), (_thread, "start_new"), (_thread, "start_joinable_thread"),
+                        (threading, "_start_new_thread"), (threading, "_start_joinable_thread")):
+        if hasattr(owner, name):
+            setattr(owner, name, wrap(getattr(owner, name)))
 
 
 def _op_meter_mode(meter: ComputeMeter):
