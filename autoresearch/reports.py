@@ -144,6 +144,7 @@ def _integrity_section(record: "ProposalRecord", run: RunFacts, files: tuple[Fil
                                                   "size must match"))
     lines.append("- seeds: the weights must vary with the seed (`seed_ignored` otherwise); the seed is never handed "
                  "to candidate code")
+    lines.append(_compute_line(record))
     b = run.spec.budget
     lines.append(f"- budget: at most {b.epochs} x {run.counts['train']:,} examples through the model with "
                  f"gradients on (+{rules.budget_tolerance:.0%}), {rules.eval_epochs:g} epoch(s) with gradients off, "
@@ -157,6 +158,38 @@ def _integrity_section(record: "ProposalRecord", run: RunFacts, files: tuple[Fil
             lines.append("- **large literal data added** (what an answer key looks like): "
                          + "; ".join(markdown_inline(t, 200) for t in tables[:10]))
     return lines + [""]
+
+
+# Above this, a candidate's training CPU seconds over the incumbent's are called out in its report
+# (on digits-mlp an honest Adam runs 1.5x SGD's, AdamW with OneCycle 1.6x, Adam with 8x the width 2x).
+COMPUTE_NOTE_RATIO = 2.0
+
+
+def _compute_line(record: "ProposalRecord") -> str:
+    """The one compute figure candidate code cannot forge: the train child's CPU seconds, measured by
+    the runner outside it (a seed is one process, so they are all of its work), candidate over
+    incumbent on the same seeds. The counted examples come from inside the candidate's process;
+    where their verdict and this figure disagree, the reader should know."""
+    inc = {t.seed: t for t in record.incumbent_trials}
+    ratios = []
+    for t in record.candidate_trials:
+        i = inc.get(t.seed)
+        cand = _number(_field(t.summary, "train", "cpu"))
+        base = _number(_field(i.summary, "train", "cpu")) if i is not None else None
+        if t.status == "ok" and cand is not None and base is not None and base > 0:
+            ratios.append(cand / base)
+    if not ratios:
+        return "- compute: no seed with CPU seconds for both (the train child's, measured outside it)"
+    ratios.sort()
+    mid = len(ratios) // 2
+    median = ratios[mid] if len(ratios) % 2 else (ratios[mid - 1] + ratios[mid]) / 2
+    figure = (f"the train child's CPU seconds (measured by the runner, outside the child; a seed is one process), "
+              f"candidate / incumbent: median **{median:.2f}x** over {len(ratios)} seed(s)")
+    if median > COMPUTE_NOTE_RATIO:
+        return (f"- **more compute than the incumbent**: {figure}. The examples counted inside the candidate's "
+                "process are what the budget holds it to; a costlier model or update rule explains this, and so "
+                "would work that count did not see (SECURITY.md, in-process counting)")
+    return f"- compute: {figure}"
 
 
 def _gate_section(gate: "StageDecision", run: RunFacts) -> str:

@@ -41,6 +41,9 @@ METER_INTERNALS = {"_global_forward_pre_hooks", "_global_forward_hooks", "_globa
                    "_set_skip_next_torch_function", "_skip_one_hop_torch_function", "_pop_mode",
                    "_pop_mode_temporarily", "_disable_current_modes", "_get_current_function_mode_stack",
                    "_meter_root"}
+# The harness's own report of a seed (compute counts, weight sketches): code that writes a file of this
+# name means to replace it (write it, then leave before the harness can).
+HARNESS_OUTPUTS = {"report.json"}
 
 
 class Tampered(ProposalRejected):
@@ -110,6 +113,9 @@ def findings(path: str, source: str) -> list[str]:
             name = node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else \
                 node.name if isinstance(node, ast.alias) else node.value
             found.append(f"{where}: names {name}, part of the harness's compute count")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and \
+                node.value.rsplit("/", 1)[-1] in HARNESS_OUTPUTS:
+            found.append(f"{where}: names {node.value!r}, the report the harness writes for a seed")
         elif isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
             targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
             for t in targets:

@@ -14,6 +14,7 @@ from markdown_it import MarkdownIt
 from autoresearch.benchmark import load_benchmark
 from autoresearch.engine import ProposalRecord, TrialRecord
 import numpy as np
+import pytest
 
 from autoresearch.gate import GateConfig, decide_stage
 from autoresearch.reports import ProposalContext, RunFacts, run_summary_json, write_proposal_report, write_summary
@@ -95,6 +96,23 @@ def test_well_formed_summaries_still_show(tmp_path):
                    "sandboxed train 1.5s, predict 0.2s", "RuntimeError: boom"]:
         assert needle in report, needle
     assert summary["proposals"][0]["per_seed"][0]["device"] == "cpu"
+
+
+@pytest.mark.parametrize("cpu,needle", [
+    ((3.0, 3.3), "- **more compute than the incumbent**: the train child's CPU seconds (measured by the runner, "
+                 "outside the child; a seed is one process), candidate / incumbent: median **3.15x** over 2 seed(s)"),
+    ((1.1, 1.0), "- compute: the train child's CPU seconds (measured by the runner, outside the child; a seed is "
+                 "one process), candidate / incumbent: median **1.05x** over 2 seed(s)\n"),
+])
+def test_reports_give_the_compute_figure_candidate_code_cannot_forge(tmp_path, cpu, needle):
+    """A candidate can write its own in-process counts; the runner's CPU seconds it cannot. The
+    report sets them side by side, and calls out a candidate well above the incumbent's."""
+    cand = [trial(s, {"train": {"cpu": c}}, status="ok", metric=0.9) for s, c in zip((1, 2), cpu)]
+    inc = [trial(s, {"train": {"cpu": 1.0}}, status="ok", role="incumbent", metric=0.8) for s in (1, 2)]
+    record = ProposalRecord(idx=1, title="t", hypothesis="h", decision="rejected", reason="not_better", detail="d",
+                            candidate_trials=cand, incumbent_trials=inc)
+    (report,), _, _ = write_all(facts(tmp_path, [record]), [record])
+    assert needle in report
 
 
 def test_reports_state_the_limits_that_held_and_an_unsandboxed_run(tmp_path):

@@ -35,6 +35,9 @@ FLAGGED = [
     ("import torch.nn.modules.module as m\nm._global_forward_pre_hooks.clear()\n", "names _global_forward_pre_hooks"),
     ("from torch.autograd import variable\nvariable.Variable._execution_engine = None\n", "names _execution_engine"),
     ("import torch\ngetattr(torch._C, '_pop_torch_function_stack')()\n", "names _pop_torch_function_stack"),
+    # the seed's report replaced by the candidate's own (counts within budget), then os._exit
+    ("import os\nopen(os.path.join(out, 'report.json'), 'w').write('{}')\nos._exit(0)\n",
+     "names 'report.json', the report the harness writes"),
 ]
 CLEAN = [
     "import torch\ng = torch.Generator().manual_seed(3)\n",
@@ -47,6 +50,7 @@ CLEAN = [
     "this is not python (\n",  # a syntax error crashes in the sandbox, it is not tampering
     "import torch.nn.functional as F\ndef forward(x, w):\n    return F.linear(x, w.t().t())\n",
     "import torch\nwith torch._C.DisableTorchFunctionSubclass():\n    pass\n",  # subclasses only: modes stay
+    "import json\njson.dump(stats, open('/tmp/stats.json', 'w'))\n",
 ]
 
 

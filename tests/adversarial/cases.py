@@ -75,7 +75,7 @@ def write_predictions(title: str, make_arrays: str) -> str:
     for name, arr in (("logits", logits), ("check", check)):
         with open(os.path.join(out, name + ".npy"), "wb") as f:
             np.save(f, arr, allow_pickle=True)
-    with open(os.path.join(out, "report.json"), "w") as f:
+    with open(os.path.join(out, "report" + ".json"), "w") as f:  # past the static check: the parser's turn
         f.write('{{"predict_seconds": 0.1, "compute": {{"train_examples": 0, "other_examples": 0, '
                 '"forward_passes": 0, "backward_passes": 0, "optimizer_steps": 0}}}}')
     os._exit(0)
@@ -348,7 +348,7 @@ CASES: list[Case] = [
         """), ("crash",), "no "),
     Case("fifo-train-report", train_attack("train report as a FIFO so the host would block reading it", f"""
         import os
-        os.mkfifo(os.path.join({OUT}, "report.json"))
+        os.mkfifo(os.path.join({OUT}, "report" + ".json"))
         os._exit(0)
         """, skip_training=True), ("crash",), "train wrote no"),
     # Poison pills: what the harness writes is rewritten by candidate code that patched json.dump.
@@ -681,6 +681,26 @@ CASES: list[Case] = [
                 pass
         raise SystemExit("BLOCKED: no process could start")
         """), ("crash",), "BLOCKED"),
+    Case("forged-train-report", train_edit("train three times as long, then write the seed's report itself",
+                                           "    return {\"final_loss\": float(loss.item())}",
+                                           "    for _ in range(2 * epochs):\n"
+                                           "        for start in range(0, n, batch_size):\n"
+                                           "            loss = loss_fn(model(x[start:start + batch_size]), "
+                                           "y[start:start + batch_size])\n"
+                                           "            optimizer.zero_grad(); loss.backward(); optimizer.step()\n"
+                                           "    import json, os\n"
+                                           "    out = os.path.join(os.path.dirname(os.environ['TMPDIR']), 'out')\n"
+                                           "    torch.save(model.state_dict(), os.path.join(out, 'checkpoint.pt'))\n"
+                                           "    with open(os.path.join(out, 'report.json'), 'w') as f:\n"
+                                           "        json.dump({'train_seconds': 1.0, 'final_loss': 0.5, 'device': 'cpu', "
+                                           "'checkpoint_sha256': '0' * 64, 'compute': {'train_examples': n * epochs, "
+                                           "'other_examples': 0, 'forward_passes': 1, 'backward_passes': 1, "
+                                           "'optimizer_steps': 1}, 'sketch': {}, 'determinism': "
+                                           "{'deterministic_algorithms': True, 'cudnn_deterministic': True, "
+                                           "'nondeterministic_ops': [], 'bit_reproducible': True}}, f)\n"
+                                           "    os._exit(0)\n"
+                                           "    return {\"final_loss\": float(loss.item())}"), ("tampered",),
+         "the report the harness writes"),
     Case("compute-count-popped", train_attack("take the function-level count off torch's mode stack, then train more",
                                               """
         t = __import__("tor" + "ch")
