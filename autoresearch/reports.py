@@ -146,8 +146,10 @@ def _integrity_section(record: "ProposalRecord", run: RunFacts, files: tuple[Fil
                  "to candidate code")
     lines.append(_compute_line(record))
     b = run.spec.budget
+    steps = b.epochs * -(-run.counts["train"] // b.batch_size)
     lines.append(f"- budget: at most {b.epochs} x {run.counts['train']:,} examples through the model with "
-                 f"gradients on (+{rules.budget_tolerance:.0%}), {rules.eval_epochs:g} epoch(s) with gradients off, "
+                 f"gradients on and {steps:,} gradient computations ({b.epochs} epochs of batches of {b.batch_size}) "
+                 f"(each +{rules.budget_tolerance:.0%}), {rules.eval_epochs:g} epoch(s) with gradients off, "
                  f"a checkpoint of at most {rules.max_checkpoint_mb:g} MB, no training in the predict phase")
     if record.diff and files is not None:
         try:

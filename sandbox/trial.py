@@ -51,6 +51,9 @@ class Budget:
     predict_examples: int  # examples through the model in the predict phase (every input once, twice for the check rows)
     checkpoint_bytes: int
     prediction_bytes: int
+    # Gradient computations in training (backward passes, autograd.grad, torch.func.grad: every spelling
+    # reaches autograd's engine): epochs x steps per epoch at the spec's batch size, + tolerance. None: no limit.
+    train_steps: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -237,6 +240,14 @@ def _over_budget(name: str, used: int, limit: int) -> tuple[TrialStatus, str] | 
     return None
 
 
+def _over_steps(used: int, limit: int | None) -> tuple[TrialStatus, str] | None:
+    if limit is not None and used > limit:
+        return TrialStatus.OVER_BUDGET, (f"training: {used} gradient computations (backward passes), over the budget "
+                                         f"of {limit} (epochs x steps per epoch at the spec's batch size): a longer "
+                                         "training loop, however it is spelt, or smaller batches than the budget's")
+    return None
+
+
 def run_trials(req: TrialRequest, sandboxes: TrialSandboxes | None = None) -> list[TrialOutput]:
     """Train and predict every seed of ``req``; one output per seed, in request order.
     ``sandboxes``: the slot's pair started ahead (used if it fits ``req``, then ended; the caller
@@ -346,7 +357,8 @@ def _train_phase(req: TrialRequest, outputs: list[TrialOutput], slots: list[int]
                 out.train_report = report.model_dump()
                 compute = report.compute
                 failure = _over_budget("training (gradients on)", compute.train_examples, req.budget.train_examples) \
-                    or _over_budget("training (gradients off)", compute.other_examples, req.budget.other_examples)
+                    or _over_budget("training (gradients off)", compute.other_examples, req.budget.other_examples) \
+                    or _over_steps(compute.backward_passes, req.budget.train_steps)
         if failure is not None:
             out.status, out.detail = failure
         else:

@@ -33,6 +33,7 @@ results = {}
 def case(name):
     def run(body):
         meter = runtime.ComputeMeter()
+        meter.example_shape = (64,)  # as the harness sets it: one input example's shape
         meter.install()
         net = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
         body(net)
@@ -142,6 +143,38 @@ def _(net):
         for _ in range(3):
             net(x)
 
+@case("the model called on the batch behind a singleton dimension")
+def _(net):
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    for _ in range(3):
+        loss = F.cross_entropy(net(x.unsqueeze(0)).squeeze(0), y); opt.zero_grad(); loss.backward(); opt.step()
+
+@case("F.linear on the batch viewed as [4, 25, 64]")
+def _(net):
+    for _ in range(3):
+        h = F.relu(F.linear(x.view(4, 25, 64), net[0].weight, net[0].bias))
+        F.cross_entropy(F.linear(h, net[2].weight, net[2].bias).reshape(100, 10), y).backward()
+
+@case("noise-perturbed copies of the weights")
+def _(net):
+    for _ in range(3):
+        w1, b1, w2, b2 = [p + 1e-3 * torch.randn(p.shape) for p in net.parameters()]
+        F.cross_entropy(F.linear(F.relu(F.linear(x, w1, b1)), w2, b2), y).backward()
+
+@case("a compiled model (aot_eager)")
+def _(net):
+    compiled = torch.compile(net, backend="aot_eager")
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    for _ in range(3):
+        loss = F.cross_entropy(compiled(x), y); opt.zero_grad(); loss.backward(); opt.step()
+
+@case("reentrant checkpointing")
+def _(net):
+    from torch.utils.checkpoint import checkpoint
+    for _ in range(3):
+        F.cross_entropy(checkpoint(net, x.requires_grad_(), use_reentrant=True), y).backward()
+    x.requires_grad_(False)
+
 @case("F.linear in a thread of its own")
 def _(net):
     import threading
@@ -180,6 +213,10 @@ def counts() -> dict:
     "torch.func.grad over functional_call",
     "attention heads as slices of one weight",
     "F.linear in a thread of its own",
+    "the model called on the batch behind a singleton dimension",
+    "F.linear on the batch viewed as [4, 25, 64]",
+    "noise-perturbed copies of the weights",
+    "a compiled model (aot_eager)",
 ])
 def test_three_passes_of_100_count_300_however_spelt(counts, name):
     got = counts[name]
@@ -203,6 +240,12 @@ def test_a_forward_that_runs_a_batch_of_its_own_counts_it(counts, name):
 def test_the_backward_and_optimizer_counts_are_kept(counts):
     got = counts["model called, 3 passes"]
     assert (got["forward_passes"], got["backward_passes"], got["optimizer_steps"]) == (3, 3, 3)
+
+
+def test_a_backward_inside_a_backward_is_one_gradient_computation(counts):
+    """The budget's step limit reads backward_passes: reentrant checkpointing runs a backward within
+    each backward, which is still one gradient computation per step."""
+    assert counts["reentrant checkpointing"]["backward_passes"] == 3, counts["reentrant checkpointing"]
 
 
 def test_a_function_mode_taken_off_the_stack_is_found(counts):

@@ -35,6 +35,7 @@ def predict_one(work: str, orders: dict, trial: dict, inputs_np) -> int:
     torch.backends.cudnn.benchmark = False
     meter = runtime.ComputeMeter()
     meter.forbid_gradients = True
+    meter.example_shape = tuple(int(d) for d in inputs_np.shape[1:])
     meter.install()
     torch.set_grad_enabled(False)  # from here on, candidate code included
 

@@ -56,6 +56,7 @@ def train_one(work: str, orders: dict, trial: dict, x_np, y_np) -> int:
             sketches["first_training_forward"] = runtime.weight_sketch(holder["net"], orders["sketch_key"])
 
     meter = runtime.ComputeMeter(on_first_training_forward=first_training_forward)
+    meter.example_shape = tuple(int(d) for d in x_np.shape[1:])
     meter.install()
 
     model_module = runtime.load_candidate(orders["repo"])

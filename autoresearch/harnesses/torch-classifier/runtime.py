@@ -558,6 +558,7 @@ class ComputeMeter:
         self.backward_passes = 0
         self.optimizer_steps = 0
         self.forbid_gradients = False
+        self.example_shape: tuple = ()  # one input example's shape (the harness sets it): see examples_in
         self._depth = 0
         self._first = on_first_training_forward
         # Rows the function-level count saw, per weights' key, (gradients off, gradients on): outside
@@ -583,7 +584,7 @@ class ComputeMeter:
                 if isinstance(value, (list, tuple)) and value:
                     value = value[0]
                 if isinstance(value, torch.Tensor):
-                    return int(value.shape[0]) if value.dim() > 0 else 1
+                    return meter.examples_in(value) if value.dim() > 0 else 1
             return 1
 
         def pre(mod, args, kwargs):
@@ -615,13 +616,22 @@ class ComputeMeter:
         _optimizer.register_optimizer_step_post_hook(lambda opt, a, k: meter._step())
 
         engine = _variable.Variable._execution_engine
+        import threading
+
+        inside = threading.local()  # a backward started from within a backward (reentrant checkpointing)
 
         class CountingEngine:
             def run_backward(self, *args, **kwargs):
                 if meter.forbid_gradients:
                     raise RuntimeError("harness: the predict phase runs inference only (no backward passes)")
-                meter.backward_passes += 1
-                return engine.run_backward(*args, **kwargs)
+                depth = getattr(inside, "depth", 0)
+                if depth == 0:
+                    meter.backward_passes += 1
+                inside.depth = depth + 1
+                try:
+                    return engine.run_backward(*args, **kwargs)
+                finally:
+                    inside.depth = depth
 
             def __getattr__(self, name):
                 return getattr(engine, name)
@@ -642,6 +652,18 @@ class ComputeMeter:
         mode.counting = False
         return any(torch._C._get_function_stack_at(i) is mode for i in range(torch._C._len_torch_function_stack()))
 
+    def examples_in(self, t) -> int:
+        """Examples in a batch: its leading dimension, or, for input examples laid out otherwise
+        (``x.unsqueeze(0)``, ``x.view(4, 25, 64)``: the example's shape trailing, the batch spread
+        over the dimensions before it), as many as its size holds."""
+        shape, example = tuple(t.shape), self.example_shape
+        if example and len(shape) > len(example) and shape[1:] != example and shape[-len(example):] == example:
+            size = 1
+            for d in example:
+                size *= int(d)
+            return int(t.numel()) // max(1, size)
+        return int(shape[0])
+
     def _count_rows(self, key, rows: int, grad: bool) -> None:
         table = (self._pass_rows if self._depth > 0 else self._outside_rows)[grad]
         table[key] = table.get(key, 0) + rows
@@ -649,8 +671,14 @@ class ComputeMeter:
     def _end_pass(self) -> None:
         """A model call ended: it counts its batch, or more where its weights saw more rows."""
         n, grad = self._pass
-        self.train_examples += max(n if grad else 0, max(self._pass_rows[True].values(), default=0))
-        self.other_examples += max(0 if grad else n, max(self._pass_rows[False].values(), default=0))
+        busiest_on = max(self._pass_rows[True].values(), default=0)
+        busiest_off = max(self._pass_rows[False].values(), default=0)
+        if grad:  # a training call: what ran with gradients off inside it (a custom autograd Function's
+            # forward, a compiled graph) is part of that training
+            self.train_examples += max(n, busiest_on, busiest_off)
+        else:
+            self.train_examples += busiest_on
+            self.other_examples += max(n, busiest_off)
         self._pass_rows = ({}, {})
 
     def _step(self) -> None:
@@ -725,11 +753,15 @@ def _op_meter_mode(meter: ComputeMeter):
         elif type(out) is tensor_type and "_meter_root" not in out.__dict__ and not (out.requires_grad and out.is_leaf):
             out.__dict__["_meter_root"] = root
 
+    is_compiling = torch.compiler.is_compiling
+
     class OpMeter(TorchFunctionMode):
         counting = True
 
         def __torch_function__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
+            if is_compiling():  # torch.compile traces this method: the compiled graph gets the call alone
+                return func(*args, **kwargs)
             out = func(*args, **kwargs)
             if not self.counting:
                 return out
@@ -752,12 +784,17 @@ def _op_meter_mode(meter: ComputeMeter):
         if data is None:  # computed from weights alone: still weights (W.t(), W * mask, p.grad)
             mark(out, weights[0][0][0])
             return
+        # Outside a model call the data is the input batch, maybe laid out otherwise; inside one it is
+        # the model's own activations, batch first (examples_in could misread them).
+        batch = meter.examples_in if meter._depth == 0 else (lambda t: int(t.shape[0]))
         if name in LAYER_FUNCTIONS:
             left = name in LEFT_MULTIPLY and not data_first and data.dim() == 2
-            rows = int(data.shape[1] if left else data.shape[0])
-        elif any(data.dim() > t.dim() for _key, t in weights):  # a batch broadcast over the weights
-            rows = int(data.shape[0])
-        else:
+            rows = int(data.shape[1]) if left else batch(data)
+        elif any(data.dim() > t.dim() or data.numel() > t.numel() for _key, t in weights):
+            rows = batch(data)  # a batch broadcast over the weights
+        else:  # weights modified by something of their own shape (noise, a mask): still weights
+            if any(tuple(data.shape) == tuple(t.shape) for _key, t in weights):
+                mark(out, weights[0][0][0])
             return
         grad = torch.is_grad_enabled()
         for key in {key for key, _t in weights}:
