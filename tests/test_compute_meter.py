@@ -35,6 +35,8 @@ def case(name):
         meter = runtime.ComputeMeter()
         meter.example_shape = (64,)  # as the harness sets it: one input example's shape
         meter.install()
+        global CURRENT
+        CURRENT = meter
         net = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
         body(net)
         intact = meter.stop()
@@ -168,12 +170,50 @@ def _(net):
     for _ in range(3):
         loss = F.cross_entropy(compiled(x), y); opt.zero_grad(); loss.backward(); opt.step()
 
-@case("reentrant checkpointing")
+@case("checkpointing")
 def _(net):
     from torch.utils.checkpoint import checkpoint
     for _ in range(3):
-        F.cross_entropy(checkpoint(net, x.requires_grad_(), use_reentrant=True), y).backward()
-    x.requires_grad_(False)
+        F.cross_entropy(checkpoint(net, x, use_reentrant=False), y).backward()
+
+@case("training steps inside a hook of a one-element backward")
+def _(net):
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    def hook(grad):
+        with torch.enable_grad():
+            for _ in range(3):
+                loss = F.cross_entropy(net(x), y); opt.zero_grad(); loss.backward(); opt.step()
+        return grad
+    carrier = torch.zeros((), requires_grad=True)
+    carrier.register_hook(hook)
+    (carrier * 1.0).backward()
+
+@case("gradients by forward mode (jacfwd), 3 steps")
+def _(net):
+    from torch.func import functional_call, jacfwd
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    for _ in range(3):
+        jacfwd(lambda p: F.cross_entropy(functional_call(net, p, (x,)), y))(params)
+
+@case("a forward-mode dual level, 3 steps")
+def _(net):
+    import torch.autograd.forward_ad as fwAD
+    for _ in range(3):
+        with fwAD.dual_level():
+            w = fwAD.make_dual(net[0].weight.detach(), torch.randn_like(net[0].weight))
+            fwAD.unpack_dual(F.linear(x, w)).tangent
+
+@case("forward mode in the predict phase")
+def _(net):
+    from torch.func import jvp
+    CURRENT.forbid_gradients = True  # as run_predict sets it
+    try:
+        jvp(lambda w: F.linear(x, w), (net[0].weight.detach(),), (torch.ones_like(net[0].weight),))
+        results["forward mode in the predict phase: refused"] = False
+    except RuntimeError as exc:
+        results["forward mode in the predict phase: refused"] = "inference only" in str(exc)
+    finally:
+        CURRENT.forbid_gradients = False  # every meter installed here stays hooked in for the cases after
 
 @case("F.linear in a thread of its own")
 def _(net):
@@ -242,10 +282,19 @@ def test_the_backward_and_optimizer_counts_are_kept(counts):
     assert (got["forward_passes"], got["backward_passes"], got["optimizer_steps"]) == (3, 3, 3)
 
 
-def test_a_backward_inside_a_backward_is_one_gradient_computation(counts):
-    """The budget's step limit reads backward_passes: reentrant checkpointing runs a backward within
-    each backward, which is still one gradient computation per step."""
-    assert counts["reentrant checkpointing"]["backward_passes"] == 3, counts["reentrant checkpointing"]
+def test_every_gradient_computation_counts(counts):
+    """The budget's step limit reads backward_passes: a backward started in another backward's hook
+    counts (it trained: 3 steps inside a one-element carrier were 1 before), and so does each
+    forward-mode gradient (jacfwd, a dual level), which never reaches autograd's engine.
+    Checkpointing (non-reentrant) stays one per step."""
+    assert counts["checkpointing"]["backward_passes"] == 3, counts["checkpointing"]
+    assert counts["training steps inside a hook of a one-element backward"]["backward_passes"] == 4
+    assert counts["gradients by forward mode (jacfwd), 3 steps"]["backward_passes"] == 3
+    assert counts["a forward-mode dual level, 3 steps"]["backward_passes"] == 3
+
+
+def test_the_predict_phase_refuses_forward_mode_gradients(counts):
+    assert counts["forward mode in the predict phase: refused"] is True
 
 
 def test_a_function_mode_taken_off_the_stack_is_found(counts):

@@ -616,27 +616,21 @@ class ComputeMeter:
         _optimizer.register_optimizer_step_post_hook(lambda opt, a, k: meter._step())
 
         engine = _variable.Variable._execution_engine
-        import threading
 
-        inside = threading.local()  # a backward started from within a backward (reentrant checkpointing)
-
+        # Every call counts, a backward started inside another one's hooks included (a hook can run
+        # whole training steps); reentrant checkpointing's inner backward counts too.
         class CountingEngine:
             def run_backward(self, *args, **kwargs):
                 if meter.forbid_gradients:
                     raise RuntimeError("harness: the predict phase runs inference only (no backward passes)")
-                depth = getattr(inside, "depth", 0)
-                if depth == 0:
-                    meter.backward_passes += 1
-                inside.depth = depth + 1
-                try:
-                    return engine.run_backward(*args, **kwargs)
-                finally:
-                    inside.depth = depth
+                meter.backward_passes += 1
+                return engine.run_backward(*args, **kwargs)
 
             def __getattr__(self, name):
                 return getattr(engine, name)
 
         _variable.Variable._execution_engine = CountingEngine()
+        _count_forward_gradients(self)
         self._mode = _op_meter_mode(self)
         self._mode.__enter__()
         _count_in_new_threads(self._mode)
@@ -693,6 +687,26 @@ class ComputeMeter:
                 "other_examples": self.other_examples + outside_off,
                 "forward_passes": self.forward_passes, "backward_passes": self.backward_passes,
                 "optimizer_steps": self.optimizer_steps}
+
+
+def _count_forward_gradients(meter: ComputeMeter) -> None:
+    """Forward-mode gradients (torch.func.jvp / jacfwd / linearize, torch.autograd.forward_ad) never
+    reach autograd's engine: each dual level they enter counts as a gradient computation too, and
+    the predict phase refuses them as it refuses backward passes."""
+    from torch._functorch import predispatch
+
+    def counted(enter):
+        def enter_counted(*args, **kwargs):
+            if meter.forbid_gradients:
+                raise RuntimeError("harness: the predict phase runs inference only (no forward-mode gradients)")
+            meter.backward_passes += 1
+            return enter(*args, **kwargs)
+
+        return enter_counted
+
+    # torch.autograd.forward_ad.dual_level imports this at each entry; torch.func.jvp (and jacfwd,
+    # linearize, built on it) enters such a level too.
+    predispatch._enter_dual_level = counted(predispatch._enter_dual_level)
 
 
 def _count_in_new_threads(mode) -> None:
