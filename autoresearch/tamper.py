@@ -31,7 +31,7 @@ GUARDED_SUBMODULES = {"torch.random", "torch.cuda", "torch.Tensor", "torch.Gener
 FORBIDDEN_IMPORTS = {"__main__", "ctypes", "socket", "ptrace", "multiprocessing.shared_memory", "_thread"}
 # Direct calls that rewrite a module's attributes or reach around the import system.
 FORBIDDEN_CALLS = {"setattr", "delattr"}
-# Where the harness's compute count lives (runtime.ComputeMeter): torch's global module and optimizer
+# Where the harness's compute count lives (the harness's compute_meter.py): torch's global module and optimizer
 # hooks, the autograd engine it wraps, and the function-mode stack that holds its function-level count.
 # Naming them is only useful to switch the count off.
 METER_INTERNALS = {"_global_forward_pre_hooks", "_global_forward_hooks", "_global_forward_hooks_always_called",

@@ -114,7 +114,7 @@ class _Strict(BaseModel):
 
 
 class Compute(_Strict):
-    """What the harness counted in one child (see runtime.ComputeMeter)."""
+    """What the harness counted in one child (see the harness's compute_meter.py)."""
 
     train_examples: int = Field(ge=0)
     other_examples: int = Field(ge=0)

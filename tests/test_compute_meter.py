@@ -1,4 +1,4 @@
-"""The harness's compute count (runtime.ComputeMeter) counts the examples that train the model's
+"""The harness's compute count (compute_meter.ComputeMeter) counts the examples that train the model's
 weights however the training is spelt: through the model, around it with torch functions on its
 weights (``F.linear(x, W)``, ``x @ W.t()``, a broadcast product), on copies of them, or inside a
 forward that runs a batch of its own. The budget check reads these counts, so an extra loop in any
@@ -24,7 +24,7 @@ PRELUDE = """
 import json, sys
 import torch, torch.nn as nn, torch.nn.functional as F
 sys.path.insert(0, HARNESS)
-import runtime
+import compute_meter
 torch.manual_seed(0)
 x = torch.randn(100, 64)
 y = torch.randint(0, 10, (100,))
@@ -32,7 +32,7 @@ results = {}
 
 def case(name):
     def run(body):
-        meter = runtime.ComputeMeter()
+        meter = compute_meter.ComputeMeter()
         meter.example_shape = (64,)  # as the harness sets it: one input example's shape
         meter.install()
         global CURRENT

@@ -32,7 +32,8 @@ def test_wheel_installs_and_runs_outside_the_repo(tmp_path):
                    "autoresearch/baselines/digits-mlp/spec.toml", "autoresearch/baselines/digits-mlp/repo/optim.py",
                    "autoresearch/harnesses/torch-classifier/run_train.py",
                    "autoresearch/harnesses/torch-classifier/run_predict.py",
-                   "autoresearch/harnesses/torch-classifier/runtime.py"]:
+                   "autoresearch/harnesses/torch-classifier/runtime.py",
+                   "autoresearch/harnesses/torch-classifier/compute_meter.py"]:
         assert needed in names, needed
 
     site = tmp_path / "site"
@@ -51,7 +52,7 @@ def test_wheel_installs_and_runs_outside_the_repo(tmp_path):
                              timeout=60, env=env)
     assert shipped.returncode == 0, shipped.stderr
     uses, both = json.loads(shipped.stdout)
-    assert uses and all(files == ["run_predict.py", "run_train.py", "runtime.py"] for files in uses.values()), uses
+    assert uses and all(files == ["compute_meter.py", "run_predict.py", "run_train.py", "runtime.py"] for files in uses.values()), uses
     # A spec that names a harness beside a harness/ folder refuses to load (setuptools reuses a stale
     # build/lib: after harness folders were removed from the source, `rm -rf build` before building).
     assert not both, f"the wheel ships harness/ folders beside a harness key: {both}"

@@ -44,8 +44,9 @@ def _shared_copy(tmp_path: Path, monkeypatch) -> Path:
 def test_every_builtin_benchmark_runs_the_one_shared_harness():
     assert SHARED in builtin_harness_names()
     shared = builtin_harness_dir() / SHARED
-    assert sorted(_files(shared)) == ["run_predict.py", "run_train.py", "runtime.py"]
-    assert all("FROZEN (DO NOT CHANGE)" in (shared / f).read_text() for f in ("run_train.py", "run_predict.py", "runtime.py"))
+    assert sorted(_files(shared)) == ["compute_meter.py", "run_predict.py", "run_train.py", "runtime.py"]
+    assert all("FROZEN (DO NOT CHANGE)" in (shared / f).read_text() for f in ("run_train.py", "run_predict.py", "runtime.py",
+                                                                          "compute_meter.py"))
     for name in builtin_names():
         bench = load_benchmark(name)
         assert bench.spec.harness == SHARED, name

@@ -27,7 +27,7 @@ FLAGGED = [
     ("from socket import socket\n", "imports socket, which only serves"),
     ("from torch import manual_seed\n", "imports torch.manual_seed"),
     ("__import__('socket')\n", "train.py:1: imports socket"),
-    # the harness's compute count (runtime.ComputeMeter) switched off, in its plain spellings
+    # the harness's compute count (compute_meter.ComputeMeter) switched off, in its plain spellings
     ("import torch\ntorch._C._pop_torch_function_stack()\n", "names _pop_torch_function_stack, part of the harness's"),
     ("import torch\nwith torch._C.DisableTorchFunction():\n    pass\n", "names DisableTorchFunction"),
     ("from torch._C import DisableTorchFunction\n", "names DisableTorchFunction"),

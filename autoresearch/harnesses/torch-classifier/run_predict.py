@@ -17,7 +17,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import runtime  # noqa: E402  (the harness's own folder, read-only)
+import compute_meter  # noqa: E402  (the harness's own folder, read-only)
+import runtime  # noqa: E402
 
 sys.path.pop(0)
 
@@ -33,7 +34,7 @@ def predict_one(work: str, orders: dict, trial: dict, inputs_np) -> int:
     runtime.install_seed_mixing(trial["key"])
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
-    meter = runtime.ComputeMeter()
+    meter = compute_meter.ComputeMeter()
     meter.forbid_gradients = True
     meter.example_shape = tuple(int(d) for d in inputs_np.shape[1:])
     meter.install()

@@ -19,7 +19,8 @@ import time
 import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import runtime  # noqa: E402  (the harness's own folder, read-only)
+import compute_meter  # noqa: E402  (the harness's own folder, read-only)
+import runtime  # noqa: E402
 
 sys.path.pop(0)  # candidate code must not import the harness's modules by name
 
@@ -55,7 +56,7 @@ def train_one(work: str, orders: dict, trial: dict, x_np, y_np) -> int:
         if "net" in holder:
             sketches["first_training_forward"] = runtime.weight_sketch(holder["net"], orders["sketch_key"])
 
-    meter = runtime.ComputeMeter(on_first_training_forward=first_training_forward)
+    meter = compute_meter.ComputeMeter(on_first_training_forward=first_training_forward)
     meter.example_shape = tuple(int(d) for d in x_np.shape[1:])
     meter.install()
 
