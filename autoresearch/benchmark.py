@@ -66,6 +66,10 @@ class BudgetSpec(_Strict):
     max_processes: int = Field(default=64, gt=1)
     max_prediction_mb: int = Field(default=16, gt=0, description="cap on each predictions file")
 
+    def gradient_steps(self, n_train: int) -> int:
+        """The budget's schedule in gradient computations: epochs of batches of ``batch_size``."""
+        return self.epochs * -(-n_train // self.batch_size)
+
 
 class GateSpec(_Strict):
     """The gate's design for this benchmark, as spec.toml's [gate] writes it. The design itself is

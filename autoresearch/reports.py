@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -146,9 +147,8 @@ def _integrity_section(record: "ProposalRecord", run: RunFacts, files: tuple[Fil
                  "to candidate code")
     lines.append(_compute_line(record))
     b = run.spec.budget
-    steps = b.epochs * -(-run.counts["train"] // b.batch_size)
     lines.append(f"- budget: at most {b.epochs} x {run.counts['train']:,} examples through the model with "
-                 f"gradients on and {steps:,} gradient computations ({b.epochs} epochs of batches of {b.batch_size}) "
+                 f"gradients on and {b.gradient_steps(run.counts['train']):,} gradient computations ({b.epochs} epochs of batches of {b.batch_size}) "
                  f"(each +{rules.budget_tolerance:.0%}), {rules.eval_epochs:g} epoch(s) with gradients off, "
                  f"a checkpoint of at most {rules.max_checkpoint_mb:g} MB, no training in the predict phase")
     if record.diff and files is not None:
@@ -182,9 +182,7 @@ def _compute_line(record: "ProposalRecord") -> str:
             ratios.append(cand / base)
     if not ratios:
         return "- compute: no seed with CPU seconds for both (the train child's, measured outside it)"
-    ratios.sort()
-    mid = len(ratios) // 2
-    median = ratios[mid] if len(ratios) % 2 else (ratios[mid - 1] + ratios[mid]) / 2
+    median = statistics.median(ratios)
     figure = (f"the train child's CPU seconds (measured by the runner, outside the child; a seed is one process), "
               f"candidate / incumbent: median **{median:.2f}x** over {len(ratios)} seed(s)")
     if median > COMPUTE_NOTE_RATIO:

@@ -61,6 +61,20 @@ def _dotted(node: ast.AST) -> str | None:
     return None  # e.g. the call in torch.Generator().manual_seed: a private generator is fine
 
 
+def _identifier(node: ast.AST) -> str | None:
+    """The name a node spells: an attribute, a variable, an imported name, or a string constant
+    (``getattr(torch._C, "_pop_torch_function_stack")`` names it as much as the attribute does)."""
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.alias):
+        return node.name.split(".")[-1]
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    return None
+
+
 def _root(name: str | None) -> str | None:
     return name.split(".")[0] if name else None
 
@@ -106,13 +120,8 @@ def findings(path: str, source: str) -> list[str]:
                 found.append(f"{where}: imports {node.args[0].value}")
         elif isinstance(node, ast.Attribute) and _dotted(node) in ("sys.modules", "__builtins__.__dict__"):
             found.append(f"{where}: reaches into {_dotted(node)}, where the harness's own modules live")
-        elif (isinstance(node, ast.Attribute) and node.attr in METER_INTERNALS) or \
-                (isinstance(node, ast.Name) and node.id in METER_INTERNALS) or \
-                (isinstance(node, ast.alias) and node.name.split(".")[-1] in METER_INTERNALS) or \
-                (isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in METER_INTERNALS):
-            name = node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else \
-                node.name if isinstance(node, ast.alias) else node.value
-            found.append(f"{where}: names {name}, part of the harness's compute count")
+        elif _identifier(node) in METER_INTERNALS:
+            found.append(f"{where}: names {_identifier(node)}, part of the harness's compute count")
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and \
                 node.value.rsplit("/", 1)[-1] in HARNESS_OUTPUTS:
             found.append(f"{where}: names {node.value!r}, the report the harness writes for a seed")

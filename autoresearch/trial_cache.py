@@ -27,12 +27,6 @@ from autoresearch.secondary import secondary_from_logits
 from autoresearch.seeding import derived_key, draw_seeds, trial_key
 
 
-def train_steps(epochs: int, n_train: int, batch_size: int, tolerance: float) -> int:
-    """Gradient computations one seed may make: the budget's schedule (epochs of batches of the
-    spec's size), + tolerance. Extra epochs, however spelt, need more; a bigger batch needs fewer."""
-    return int(epochs * -(-n_train // batch_size) * (1 + tolerance)) + 1
-
-
 @dataclass(frozen=True)
 class SmokeResult:
     ok: bool
@@ -150,7 +144,7 @@ class TrialCache:
                       predict_examples=int((predict_rows + layout_rows) * (1 + rules.budget_tolerance)) + 64,
                       checkpoint_bytes=int(rules.max_checkpoint_mb * 1024**2),
                       prediction_bytes=b.max_prediction_mb * 1024**2,
-                      train_steps=train_steps(b.epochs, n_train, b.batch_size, rules.budget_tolerance))
+                      train_steps=int(b.gradient_steps(n_train) * (1 + rules.budget_tolerance)) + 1)
 
     def cache_key(self, code_hash: str, seed: int) -> str:
         payload = {"code": code_hash, "harness": self.bench.harness_hash(), "data": self.data.fingerprints,
@@ -204,7 +198,7 @@ class TrialCache:
         budget = Budget(train_examples=int(epochs * n_train * (1 + tolerance)) + 1,
                         other_examples=n_train + 64, predict_examples=2 * n_pred + 64,
                         checkpoint_bytes=full.checkpoint_bytes, prediction_bytes=full.prediction_bytes,
-                        train_steps=train_steps(epochs, n_train, self.bench.spec.budget.batch_size, tolerance))
+                        train_steps=int(self.bench.spec.budget.gradient_steps(n_train) * (1 + tolerance)) + 1)
         seed = draw_seeds(self.secret, "smoke", 1)[0]
         ws = materialise(self.run_dir, files, "smoke-" + files_hash(files)[:12])
         req = self._request(ws, [seed], "smoke-" + ws.name, train_data=smoke_dir / "train",
