@@ -199,3 +199,22 @@ def test_filter_fd_holds_the_program():
         assert os.read(fd, 1 << 16) == seccomp.build_filter(ARCH)
     finally:
         os.close(fd)
+
+
+def test_the_harness_one_process_rule_uses_the_same_numbers():
+    """The harness's child filter (runtime.one_process_filter) cannot import this module inside
+    the sandbox, so it keeps its own copy of the clone numbers and architecture codes: they must
+    be the ones checked against the kernel headers above."""
+    import importlib.util
+
+    from conftest import REPO_ROOT
+
+    spec = importlib.util.spec_from_file_location(
+        "harness_runtime", REPO_ROOT / "autoresearch" / "harnesses" / "torch-classifier" / "runtime.py")
+    runtime = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runtime)
+    for arch, (audit, clone, clone3, forks) in runtime._PROCESS_CALLS.items():
+        table = seccomp.SYSCALLS[arch]
+        assert (audit, clone, clone3) == (seccomp.AUDIT_ARCH[arch], table["clone"], table["clone3"]), arch
+        assert forks == ((57, 58) if arch == "x86_64" else ())  # fork, vfork: x86_64 only
+        assert len(runtime.one_process_filter(arch)) % 8 == 0

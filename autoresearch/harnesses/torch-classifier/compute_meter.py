@@ -123,15 +123,22 @@ class ComputeMeter:
         _count_in_new_threads(self._mode)
 
     def stop(self) -> bool:
-        """Stop counting (the harness's own code follows). False when candidate code took the
-        function-level count off torch's mode stack: its counts cannot be trusted then."""
+        """Stop counting (the harness's own code follows). False, with the harness's log line, when
+        candidate code took the function-level count off torch's mode stack: its counts cannot be
+        trusted then."""
+        import sys
+
         import torch
 
         mode, self._mode = self._mode, None
         if mode is None:
             return True
         mode.counting = False
-        return any(torch._C._get_function_stack_at(i) is mode for i in range(torch._C._len_torch_function_stack()))
+        if any(torch._C._get_function_stack_at(i) is mode for i in range(torch._C._len_torch_function_stack())):
+            return True
+        print("harness: candidate code took the harness's compute count off torch's function-mode stack",
+              file=sys.stderr)
+        return False
 
     def examples_in(self, t) -> int:
         """Examples in a batch: its leading dimension, or, for input examples laid out otherwise

@@ -62,9 +62,7 @@ def predict_one(work: str, orders: dict, trial: dict, inputs_np) -> int:
     check = logits_of(np.asarray(orders["check_rows"], dtype=np.int64), int(orders["check_batch"]))
     seconds = time.perf_counter() - started
     if not meter.stop():
-        print("harness: candidate code took the harness's compute count off torch's function-mode stack",
-              file=sys.stderr)
-        return 4  # EXIT_TAMPERED
+        return 4  # EXIT_TAMPERED (stop() said why)
     out = os.path.join(work, "out")
     np.save(os.path.join(out, "logits.npy"), logits, allow_pickle=False)
     np.save(os.path.join(out, "check.npy"), check, allow_pickle=False)

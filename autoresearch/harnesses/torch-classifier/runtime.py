@@ -14,8 +14,8 @@
 # derived value); compute is counted for the trusted side to hold against the budget
 # (compute_meter.py beside this file). A seed is one process: the child may start threads, never
 # processes (a seccomp filter it cannot lift), so no work of a seed happens where its counts and
-# the runner's CPU accounting cannot see it. These
-# in-process measures are tripwires for code in the same process; SECURITY.md says what stays open.
+# the runner's CPU accounting cannot see it. These in-process measures are tripwires for code in
+# the same process; SECURITY.md says what stays open.
 import hashlib
 import json
 import os
